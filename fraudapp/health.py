@@ -37,9 +37,8 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
         "embedded": runtime.redis_embedded,
         "required": False,
     }
-    for name in ("model", "pipeline"):
-        reporter = runtime.extras.get(f"{name}_status")
-        components[name] = reporter() if reporter else {"ready": False, "state": "not started"}
+    components["model"] = runtime.engine.model_report()
+    components["pipeline"] = runtime.engine.pipeline_report()
     required = [c for c in components.values() if c.get("required", True)]
     ready = all(c["ready"] for c in required)
     return JSONResponse(

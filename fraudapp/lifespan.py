@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fraudapp import cache, store
 from fraudapp.embedded import embedded_postgres, embedded_redis
+from fraudapp.engine import Engine
 from fraudapp.errors import FraudAppError
 from fraudapp.logs import configure_logging
 from fraudapp.settings import Settings
@@ -41,9 +42,9 @@ class Runtime:
     settings: Settings
     pool: asyncpg.Pool
     redis: aioredis.Redis
+    engine: Engine
     database_embedded: bool
     redis_embedded: bool
-    extras: dict[str, Any]
 
 
 async def _enter_in_thread(stack: AsyncExitStack, manager: AbstractContextManager[T]) -> T:
@@ -94,13 +95,16 @@ def make_lifespan(
         async with AsyncExitStack() as stack:
             pool, db_embedded = await open_database(stack, resolved)
             redis_client, redis_embedded = await open_redis(stack, resolved)
+            engine = Engine(resolved, pool, redis_client)
+            engine.start()
+            stack.push_async_callback(engine.stop)
             runtime = Runtime(
                 settings=resolved,
                 pool=pool,
                 redis=redis_client,
+                engine=engine,
                 database_embedded=db_embedded,
                 redis_embedded=redis_embedded,
-                extras={},
             )
             log.info("lifespan.started data_dir=%s", resolved.data_dir.resolve())
             yield {"runtime": runtime}

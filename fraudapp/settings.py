@@ -74,7 +74,9 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Longest backoff between retries while PostgreSQL is unreachable."
     )
     shutdown_drain_seconds: float = Field(
-        30.0, gt=0, description="How long shutdown waits for the queue to drain and writes to commit."
+        30.0,
+        gt=0,
+        description="How long shutdown waits for the queue to drain and writes to commit.",
     )
     feature_history_days: int = Field(
         30, gt=0, description="Days of stored history replayed into feature state at startup."
@@ -120,7 +122,8 @@ class Settings(BaseSettings):
     )
     session_secret: str | None = Field(
         None,
-        description="Secret signing dashboard session cookies. Unset: generated under the data dir.",
+        description="Secret signing dashboard session cookies. Unset: generated under the data "
+        "dir.",
     )
 
     @model_validator(mode="after")

@@ -89,9 +89,7 @@ class TransactionBatch:
     def concat(cls, batches: Sequence[TransactionBatch]) -> TransactionBatch:
         if len(batches) == 1:
             return batches[0]
-        return cls(
-            *(np.concatenate([getattr(b, f.name) for b in batches]) for f in fields(cls))
-        )
+        return cls(*(np.concatenate([getattr(b, f.name) for b in batches]) for f in fields(cls)))
 
     @classmethod
     def empty(cls) -> TransactionBatch:

@@ -138,3 +138,68 @@ def make_settings(database_url: str, redis_url: str, data_dir: Path, **overrides
     }
     values.update(overrides)
     return Settings(**values)
+
+
+# --- the app, in-process, on the test services ------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An MLflow store holding one small trained champion, shared by the session's apps."""
+    from fraudapp.model import train_first_model
+
+    directory = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{directory / 'mlflow.db'}"
+    train_first_model(uri, days=10, customers=600, seed=3, label_delay_days=3)
+    return uri
+
+
+async def wait_until(predicate: Any, *, within: float = 60.0, interval: float = 0.05) -> Any:
+    """Poll an async (or plain) predicate until it returns something truthy, or fail."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {within} s")
+        await asyncio.sleep(interval)
+
+
+@pytest.fixture
+async def app_settings(
+    database_url: str, redis_url: str, tracking_uri: str, tmp_path: Path
+) -> Settings:
+    return make_settings(
+        database_url,
+        redis_url,
+        tmp_path,
+        mlflow_tracking_uri=tracking_uri,
+        api_keys={"score-key": ["score"], "analyst-key": ["analyst"], "admin-key": ["admin"]},
+    )
+
+
+@pytest.fixture
+async def app_client(
+    app_settings: Settings, pool: asyncpg.Pool, redis_client: aioredis.Redis
+) -> AsyncIterator[Any]:
+    """An httpx client on a started app whose pipeline is ready (simulator off)."""
+    import httpx
+    from asgi_lifespan import LifespanManager
+
+    from fraudapp.main import create_app
+
+    app = create_app(app_settings)
+    async with LifespanManager(app, startup_timeout=120, shutdown_timeout=60) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+
+            async def ready() -> bool:
+                return (await client.get("/readyz")).status_code == 200
+
+            await wait_until(ready, within=120)
+            client.app = app  # type: ignore[attr-defined]
+            yield client

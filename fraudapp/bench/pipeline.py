@@ -1,0 +1,191 @@
+"""`fraudapp bench pipeline`: the streaming pipeline at a fixed offered rate, end to end.
+
+Simulated transactions → bounded queue → features → model → policy → reasons → PostgreSQL
+(COPY) + Redis, in this process, exactly as the app runs them. Prints the sustained committed
+throughput, enqueue→committed latency percentiles, per-stage times and memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import resource
+import tempfile
+import time
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from asyncpg import connect as pg_connect
+
+from fraudapp import cache, store
+from fraudapp.embedded import embedded_postgres, embedded_redis
+from fraudapp.features import FeatureConfig, FeatureState
+from fraudapp.generator import SimulationConfig, simulate_history
+from fraudapp.metrics import PipelineMetrics
+from fraudapp.model import ServingModel, load_champion, train_first_model
+from fraudapp.pipeline import Feed, Pipeline
+from fraudapp.policy import Policy
+from fraudapp.scoring import Scorer
+from fraudapp.settings import Settings
+from fraudapp.transactions import TransactionBatch
+
+BENCH_DATABASE = "fraudapp_bench"
+
+
+def add_cli(kinds: argparse._SubParsersAction) -> None:
+    parser = kinds.add_parser(
+        "pipeline", help="streaming pipeline throughput and latency at an offered rate"
+    )
+    parser.add_argument("--rate", type=float, default=25_000, help="offered tx/s (0: flat out)")
+    parser.add_argument("--seconds", type=float, default=30.0, help="measured duration")
+    parser.add_argument("--warmup-seconds", type=float, default=5.0)
+    parser.add_argument("--customers", type=int, default=100_000)
+    parser.add_argument("--terminals", type=int, default=20_000)
+    parser.add_argument("--batch-max-size", type=int, default=2048)
+    parser.add_argument("--writes-in-flight", type=int, default=2)
+    parser.add_argument("--chunk", type=int, default=500, help="transactions per queued chunk")
+    parser.add_argument(
+        "--tracking-uri", default=None, help="MLflow store with a champion (default: train one)"
+    )
+    parser.set_defaults(handler=lambda args: asyncio.run(run(args)))
+
+
+async def run(args: argparse.Namespace) -> int:
+    settings = Settings()
+    async with AsyncExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fraudapp-bench-")))
+        admin_url = settings.database_url or stack.enter_context(embedded_postgres(workdir))
+        redis_url = settings.redis_url or stack.enter_context(embedded_redis(workdir))
+        url = await _fresh_database(admin_url)
+        await asyncio.to_thread(store.migrate, url)
+        pool = await store.create_pool(url, setting="bench", timeout_seconds=10, max_size=8)
+        stack.push_async_callback(pool.close)
+        redis = await cache.create_redis(redis_url, setting="bench", timeout_seconds=10)
+        stack.push_async_callback(redis.aclose)
+        await redis.flushdb()
+
+        model = await asyncio.to_thread(_model, args.tracking_uri, workdir)
+        total = int(max(args.rate, 30_000) * (args.seconds + args.warmup_seconds) * 1.2)
+        print(f"generating ~{total:,} transactions for {args.customers:,} customers ...")
+        batches = await asyncio.to_thread(_traffic, args, total)
+        state = FeatureState(FeatureConfig())
+        bench_settings = settings.model_copy(
+            update={
+                "batch_max_size": args.batch_max_size,
+                "writes_in_flight": args.writes_in_flight,
+                "queue_max_chunks": 256,
+            }
+        )
+        pipeline = Pipeline(
+            settings=bench_settings,
+            pool=pool,
+            redis=redis,
+            scorer=Scorer(state, model, Policy(review_score=70, decline_score=90), reasons_top=3),
+            metrics=PipelineMetrics(window_seconds=args.seconds),
+            feed=Feed(),
+        )
+        gc.collect()
+        gc.freeze()  # what exists now lives for the whole run; keep the collector off it
+        pipeline.start()
+        result = await _drive(pipeline, batches, args)
+        await pipeline.stop()
+        stored = await pool.fetchval("SELECT count(*) FROM decision")
+        _report(result, pipeline, state, stored, args)
+    return 0
+
+
+async def _fresh_database(admin_url: str) -> str:
+    conn = await pg_connect(admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{BENCH_DATABASE}"')
+    finally:
+        await conn.close()
+    from urllib.parse import urlsplit, urlunsplit
+
+    return urlunsplit(urlsplit(admin_url)._replace(path=f"/{BENCH_DATABASE}"))
+
+
+def _model(tracking_uri: str | None, workdir: Path) -> ServingModel:
+    if tracking_uri:
+        model = load_champion(tracking_uri)
+        if model is None:
+            raise ValueError(f"no champion model in {tracking_uri}")
+        return model
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    return train_first_model(uri, days=14, customers=2_000, seed=11, label_delay_days=7)
+
+
+def _traffic(args: argparse.Namespace, total: int) -> list[TransactionBatch]:
+    """Simulated transactions, restamped to arrive now at the offered rate, as queued chunks."""
+    config = SimulationConfig(seed=5, n_customers=args.customers, n_terminals=args.terminals)
+    days = max(1, int(np.ceil(total / (args.customers * 2.0))))
+    history = simulate_history(config, start=datetime(2026, 1, 1, tzinfo=UTC), days=days)
+    history = history.iloc[:total]
+    batch = TransactionBatch.from_frame(history)
+    return [batch.take(slice(i, i + args.chunk)) for i in range(0, len(batch), args.chunk)]
+
+
+async def _drive(
+    pipeline: Pipeline, batches: list[TransactionBatch], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Offer chunks at the rate (open loop, waiting only on backpressure) and time commits."""
+    loop = asyncio.get_running_loop()
+    interval = args.chunk / args.rate if args.rate > 0 else 0.0
+    started = loop.time()
+    measure_from = started + args.warmup_seconds
+    measure_to = measure_from + args.seconds
+    committed_at_start = None
+    sent = 0
+    cpu_start = None
+    for i, batch in enumerate(batches):
+        now = loop.time()
+        if committed_at_start is None and now >= measure_from:
+            committed_at_start = pipeline.metrics.committed_total
+            pipeline.metrics.reset_latencies()
+            cpu_start = time.process_time()
+        if now >= measure_to:
+            break
+        due = started + i * interval
+        if due > now:
+            await asyncio.sleep(due - now)
+        await pipeline.submit(batch)
+        sent += len(batch)
+    elapsed = loop.time() - measure_from
+    committed = pipeline.metrics.committed_total - (committed_at_start or 0)
+    return {
+        "offered_tps": args.rate,
+        "sent": sent,
+        "committed_in_window": committed,
+        "throughput_tps": committed / max(elapsed, 1e-9),
+        "latency_ms": pipeline.metrics.latency_ms(),
+        "cpu_seconds": time.process_time() - (cpu_start or time.process_time()),
+        "elapsed": elapsed,
+    }
+
+
+def _report(
+    result: dict[str, Any],
+    pipeline: Pipeline,
+    state: FeatureState,
+    stored: int,
+    args: argparse.Namespace,
+) -> None:
+    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    lat = result["latency_ms"]
+    cpu_per_tx = result["cpu_seconds"] / max(result["committed_in_window"], 1) * 1e6
+    print(f"offered rate           {result['offered_tps']:>12,.0f} tx/s")
+    print(
+        f"committed (sustained)  {result['throughput_tps']:>12,.0f} tx/s over {args.seconds:.0f} s"
+    )
+    print(f"latency enqueue→commit p50 {lat['p50']} ms  p95 {lat['p95']} ms  p99 {lat['p99']} ms")
+    print(f"process CPU            {cpu_per_tx:>12.1f} µs/tx")
+    print(f"stage means per batch  {pipeline.metrics.stage_means_ms()} ms")
+    print(f"rows stored            {stored:>12,}")
+    print(f"feature state          {state.memory_bytes() / 2**20:>12.1f} MiB")
+    print(f"process max RSS        {rss_mib:>12.1f} MiB  (pid {os.getpid()})")

@@ -9,6 +9,7 @@ history, start the pipeline, then the simulator. Stopping runs the other way.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -16,7 +17,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import numpy as np
 import pandas as pd
 import redis.asyncio as aioredis
 
@@ -130,13 +130,15 @@ class Engine:
                 status.stage, status.progress = stage, fraction
 
             model = await asyncio.to_thread(
-                serving.train_first_model,
-                self.tracking_uri,
-                days=self.settings.first_model_days,
-                customers=self.settings.first_model_customers,
-                seed=self.settings.simulator_seed,
-                label_delay_days=self.settings.label_delay_days,
-                progress=progress,
+                functools.partial(
+                    serving.train_first_model,
+                    tracking_uri=self.tracking_uri,
+                    days=self.settings.first_model_days,
+                    customers=self.settings.first_model_customers,
+                    seed=self.settings.simulator_seed,
+                    delay_days=self.settings.label_delay_days,
+                    progress=progress,
+                )
             )
         status.state, status.stage, status.progress = "ready", None, 1.0
         status.version = model.version
@@ -165,11 +167,11 @@ class Engine:
             since = newest - timedelta(
                 days=self.settings.feature_history_days + self.settings.label_delay_days
             )
-            labels = await store.fetch_known_labels(self.pool, since=since)
-            applied = 0
+            # Labels wait in the state until the replay reaches their known_at.
+            state.add_labels(await store.fetch_known_labels(self.pool, since=since))
             async with self.pool.acquire() as conn:
                 async for frame in store.iter_history(conn, since=since):
-                    applied = await asyncio.to_thread(_replay, state, frame, labels, applied)
+                    await asyncio.to_thread(state.update, TransactionBatch.from_frame(frame))
                     count += len(frame)
         self.rebuild_seconds = time.perf_counter() - started
         self.rebuilt_transactions = count
@@ -263,27 +265,6 @@ class Engine:
         if sim.get("error"):
             report["ready"] = False
         return report
-
-
-def _replay(state: FeatureState, frame: pd.DataFrame, labels: pd.DataFrame, applied: int) -> int:
-    """Feed a chunk of history into the state, each label applied before the first transaction
-    at or after its `known_at` (as when it happened). `labels` is sorted by `known_at`; the first
-    `applied` of them are in the state already. Returns how many are in it now."""
-    batch = TransactionBatch.from_frame(frame)
-    timestamps = batch.timestamp
-    known = labels["known_at"].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy("datetime64[us]")
-    start = 0
-    while start < len(batch):
-        due = int(np.searchsorted(known, timestamps[start], side="right"))
-        if due > applied:
-            state.add_labels(labels.iloc[applied:due])
-            applied = due
-        stop = len(batch)
-        if applied < len(known):
-            stop = max(start + 1, int(np.searchsorted(timestamps, known[applied], side="left")))
-        state.transform(batch.take(slice(start, stop)))
-        start = stop
-    return applied
 
 
 class _PipelineQueue:

@@ -55,6 +55,11 @@ class PipelineMetrics:
         self.write_retries = Counter(
             "fraudapp_write_retries", "Failed writes to PostgreSQL retried.", registry=self.registry
         )
+        self.dead_letters = Counter(
+            "fraudapp_dead_letter_transactions",
+            "Transactions the database refused, kept in the data dir's dead_letter folder.",
+            registry=self.registry,
+        )
         self.cache_errors = Counter(
             "fraudapp_cache_errors",
             "Redis commands that failed (fail open).",

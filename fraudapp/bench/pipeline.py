@@ -118,7 +118,7 @@ def _model(tracking_uri: str | None, workdir: Path) -> ServingModel:
             raise ValueError(f"no champion model in {tracking_uri}")
         return model
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    return train_first_model(tracking_uri=uri, days=14, customers=2_000, seed=11, delay_days=7)
+    return train_first_model(tracking_uri=uri)
 
 
 def _traffic(args: argparse.Namespace, total: int) -> list[TransactionBatch]:

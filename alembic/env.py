@@ -50,9 +50,7 @@ def run_migrations_online() -> None:
         url = config.attributes.get("url")
         if url is None:
             settings = Settings()
-            url = settings.database_url or stack.enter_context(
-                embedded_postgres(settings.data_dir)
-            )
+            url = settings.database_url or stack.enter_context(embedded_postgres(settings.data_dir))
         asyncio.run(_run_async(url))
 
 

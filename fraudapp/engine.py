@@ -160,13 +160,12 @@ class Engine:
     async def _rebuild_state(self) -> FeatureState:
         """Replay the stored recent history into fresh state (exact for windows ≤ the horizon)."""
         started = time.perf_counter()
-        state = FeatureState(self.feature_config())
+        config = self.feature_config()
+        state = FeatureState(config)
         newest = await store.newest_transaction_at(self.pool)
         count = 0
         if newest is not None:
-            since = newest - timedelta(
-                days=self.settings.feature_history_days + self.settings.label_delay_days
-            )
+            since = newest - timedelta(days=config.history_days)
             # Labels wait in the state until the replay reaches their known_at.
             state.add_labels(await store.fetch_known_labels(self.pool, since=since))
             async with self.pool.acquire() as conn:

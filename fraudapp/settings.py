@@ -78,9 +78,6 @@ class Settings(BaseSettings):
         gt=0,
         description="How long shutdown waits for the queue to drain and writes to commit.",
     )
-    feature_history_days: int = Field(
-        30, gt=0, description="Days of stored history replayed into feature state at startup."
-    )
     label_delay_days: int = Field(
         7, ge=0, description="Label delay assumed by terminal-risk features and training, in days."
     )

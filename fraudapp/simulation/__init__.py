@@ -1,0 +1,1 @@
+"""The simulated world and its day blocks of traffic, driven by `fraudapp.generator`."""

@@ -150,7 +150,7 @@ def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
 
     directory = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{directory / 'mlflow.db'}"
-    train_first_model(tracking_uri=uri, days=14, customers=1500, seed=3, delay_days=3)
+    train_first_model(tracking_uri=uri, days=21, customers=3000, seed=3, delay_days=7)
     return uri
 
 

@@ -12,21 +12,24 @@ from fraudapp.lifespan import Runtime
 from fraudapp.settings import Settings
 
 
-def get_runtime(request: Request) -> Runtime:
+# Async on purpose: FastAPI runs a plain `def` dependency in a worker thread, a thread hop per
+# request for what is an attribute lookup.
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime = request.state.runtime
     return runtime
 
 
-def get_pool(request: Request) -> asyncpg.Pool:
-    return get_runtime(request).pool
+async def get_pool(request: Request) -> asyncpg.Pool:
+    return request.state.runtime.pool
 
 
-def get_redis(request: Request) -> aioredis.Redis:
-    return get_runtime(request).redis
+async def get_redis(request: Request) -> aioredis.Redis:
+    return request.state.runtime.redis
 
 
-def get_settings(request: Request) -> Settings:
-    return get_runtime(request).settings
+async def get_settings(request: Request) -> Settings:
+    settings: Settings = request.state.runtime.settings
+    return settings
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

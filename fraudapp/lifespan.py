@@ -17,7 +17,7 @@ from contextlib import (
     AsyncExitStack,
     asynccontextmanager,
 )
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import asyncpg
@@ -25,10 +25,12 @@ import redis.asyncio as aioredis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fraudapp import cache, store
+from fraudapp.auth import ApiKeys, load_keys
 from fraudapp.embedded import embedded_postgres, embedded_redis
 from fraudapp.engine import Engine
 from fraudapp.errors import FraudAppError
 from fraudapp.logs import configure_logging
+from fraudapp.operations import ModelJobs
 from fraudapp.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,8 @@ class Runtime:
     engine: Engine
     database_embedded: bool
     redis_embedded: bool
+    api_keys: ApiKeys
+    models: ModelJobs = field(default_factory=ModelJobs)
 
 
 async def _enter_in_thread(stack: AsyncExitStack, manager: AbstractContextManager[T]) -> T:
@@ -105,7 +109,9 @@ def make_lifespan(
                 engine=engine,
                 database_embedded=db_embedded,
                 redis_embedded=redis_embedded,
+                api_keys=load_keys(resolved),
             )
+            stack.push_async_callback(runtime.models.stop)
             log.info("lifespan.started data_dir=%s", resolved.data_dir.resolve())
             yield {"runtime": runtime}
             log.info("lifespan.stopping")

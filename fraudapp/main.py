@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
-from fraudapp import health
+from fraudapp import api, dashboard, health
 from fraudapp.lifespan import CleanStartupErrors, make_lifespan
 from fraudapp.settings import Settings
 
@@ -17,6 +18,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=make_lifespan(settings),
     )
     app.include_router(health.router)
+    app.include_router(api.metrics_router)
+    app.include_router(api.router)
+    app.include_router(dashboard.router)
+    app.mount("/static", StaticFiles(directory=dashboard.STATIC_DIR), name="static")
+    api.add_error_handlers(app)
+    dashboard.add_error_handlers(app)
+    app.add_middleware(dashboard.DashboardSessions)
     app.add_middleware(CleanStartupErrors)
     return app
 

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -122,7 +122,8 @@ async def record_batch(
             pipe.zadd(seen_key(prefix), {c: r.decided_at for c, r in risky.items()})
             for customer, summary in risky.items():
                 key = customer_key(prefix, customer)
-                pipe.hset(key, mapping=asdict(summary))
+                fields: dict[Any, Any] = asdict(summary)
+                pipe.hset(key, mapping=fields)
                 pipe.expire(key, ttl_seconds)
         for decision, count in decision_counts.items():
             pipe.hincrby(counters_key(prefix), decision, count)
@@ -142,9 +143,7 @@ return #old
 async def expire_high_risk(client: aioredis.Redis, *, prefix: str, ttl_seconds: int) -> int:
     """Drop customers whose last risky decision is older than the TTL; returns how many."""
     cutoff = time.time() - ttl_seconds
-    removed = await client.eval(  # type: ignore[misc]
-        _EXPIRE_SCRIPT, 2, high_risk_key(prefix), seen_key(prefix), cutoff
-    )
+    removed = await client.eval(_EXPIRE_SCRIPT, 2, high_risk_key(prefix), seen_key(prefix), cutoff)
     return int(removed)
 
 
@@ -152,7 +151,7 @@ async def fetch_high_risk(
     client: aioredis.Redis, *, prefix: str, limit: int, min_score: int = 0
 ) -> list[dict[str, object]]:
     """The riskiest cached customers, highest score first, with their latest risky decision."""
-    members = await client.zrevrangebyscore(
+    members: list[tuple[str, float]] = await client.zrevrangebyscore(  # type: ignore[assignment]
         high_risk_key(prefix), "+inf", min_score, start=0, num=limit, withscores=True
     )
     if not members:
@@ -181,4 +180,4 @@ async def fetch_high_risk(
 
 async def fetch_counters(client: aioredis.Redis, *, prefix: str) -> dict[str, int]:
     values = await client.hgetall(counters_key(prefix))
-    return {k: int(v) for k, v in values.items()}
+    return {str(k): int(v) for k, v in values.items()}

@@ -87,7 +87,9 @@ class Feed:
             return
         risky = scored.risky
         room = max(0, self.rows_per_batch - len(risky))
-        approved = np.setdiff1d(np.arange(len(scored)), risky)[-room:] if room else []
+        approved: np.ndarray | list[int] = []
+        if room:
+            approved = np.setdiff1d(np.arange(len(scored)), risky)[-room:]
         rows = [scored.row(int(i)) for i in (*approved, *risky[: self.rows_per_batch])]
         for queue in self._subscribers:
             for row in rows:

@@ -21,8 +21,8 @@ from fraudapp.api.responses import errors
 from fraudapp.api.transactions import Decision, TransactionOut, transaction_out
 from fraudapp.auth import ReaderDep
 from fraudapp.deps import RuntimeDep
-from fraudapp.lifespan import Runtime
 from fraudapp.errors import NotFound
+from fraudapp.lifespan import Runtime
 from fraudapp.policy import ListEntry
 from fraudapp.store import reads
 

@@ -1,8 +1,8 @@
 """Benchmarks: scripts that print the figures the README reports (`fraudapp bench ...`).
 
 `pipeline` drives the streaming pipeline at an offered rate; `api` loads the synchronous
-decision endpoint from a separate process; `features` times the two feature executors. They
-measure; they assert nothing.
+decision endpoint from a separate process; `features` times the two feature executors;
+`training` times features + fit on ~1M simulated transactions. They measure; they assert nothing.
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ import argparse
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    from fraudapp.bench import api, features, pipeline
+    from fraudapp.bench import api, features, pipeline, training
 
     bench = subparsers.add_parser("bench", help="run a benchmark and print its figures")
     kinds = bench.add_subparsers(dest="bench", required=True)
     pipeline.add_cli(kinds)
     api.add_cli(kinds)
     features.add_cli(kinds)
+    training.add_cli(kinds)

@@ -13,7 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import asyncpg
 import numpy as np
@@ -28,15 +28,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Executor = asyncpg.Pool | asyncpg.Connection
+Executor: TypeAlias = asyncpg.Pool | asyncpg.Connection
 ALEMBIC_INI = Path(__file__).resolve().parents[2] / "alembic.ini"
 
 
 def migrate(url: str, *, revision: str = "head") -> None:
     """Run `alembic upgrade` to `revision` (blocking: call it from a thread)."""
-    from alembic.config import Config
-
     from alembic import command
+    from alembic.config import Config
 
     config = Config(str(ALEMBIC_INI))
     config.attributes["url"] = url
@@ -44,9 +43,8 @@ def migrate(url: str, *, revision: str = "head") -> None:
 
 
 def downgrade(url: str, *, revision: str) -> None:
-    from alembic.config import Config
-
     from alembic import command
+    from alembic.config import Config
 
     config = Config(str(ALEMBIC_INI))
     config.attributes["url"] = url
@@ -145,15 +143,23 @@ DECISION_COPY_COLUMNS = (
 
 
 def _epoch_to_datetimes(seconds: np.ndarray) -> list[datetime]:
-    return (seconds * 1e6).astype("datetime64[us]").tolist()  # type: ignore[no-any-return]
+    datetimes: list[datetime] = (seconds * 1e6).astype("datetime64[us]").tolist()
+    return datetimes
+
+
+def _none_where_nan(values: np.ndarray) -> np.ndarray:
+    """An object array with None (SQL NULL) where `values` is NaN."""
+    out = values.astype(object)
+    out[np.isnan(values)] = None
+    return out
 
 
 def scored_records(scored: ScoredBatch) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """Rows for COPY into `transaction` and `decision`, built column-wise."""
     tx = scored.transactions
     n = len(tx)
-    lat = np.where(np.isnan(tx.terminal_lat), None, tx.terminal_lat)
-    lon = np.where(np.isnan(tx.terminal_lon), None, tx.terminal_lon)
+    lat = _none_where_nan(tx.terminal_lat)
+    lon = _none_where_nan(tx.terminal_lon)
     transactions = list(
         zip(
             tx.transaction_id.tolist(),

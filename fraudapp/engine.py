@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -95,6 +96,11 @@ class Engine:
         model = await self._load_or_train_model()
         self.policy.load(await store.fetch_list_entries(self.pool))
         state = await self._rebuild_state()
+        # Everything alive now (modules, the model, the state's id maps) lives as long as the
+        # app: keep the cyclic collector off it, or each full collection walks it all and
+        # stalls the event loop for tens of milliseconds mid-stream.
+        gc.collect()
+        gc.freeze()
         scorer = Scorer(state, model, self.policy, reasons_top=self.settings.reasons_top)
         self.pipeline = Pipeline(
             settings=self.settings,

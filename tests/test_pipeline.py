@@ -77,8 +77,14 @@ class PipelineFactory:
 
 @pytest.fixture
 async def make_pipeline(
-    settings: Settings, pool: asyncpg.Pool, serving_model: ServingModel
+    settings: Settings,
+    pool: asyncpg.Pool,
+    serving_model: ServingModel,
+    redis_client: aioredis.Redis,
 ) -> AsyncIterator[PipelineFactory]:
+    # Depending on redis_client makes it close after the pipelines stop: a writer still
+    # running would reconnect the closed client and leak the connection into a later test.
+    del redis_client
     factory = PipelineFactory(settings, pool, serving_model)
     yield factory
     for pipeline in factory.started:

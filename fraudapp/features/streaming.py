@@ -332,11 +332,13 @@ class FeatureState:
         self,
         config: FeatureConfig = DEFAULT_CONFIG,
         *,
-        customers: int = 1 << 16,
-        terminals: int = 1 << 14,
+        customers: int = 1 << 18,
+        terminals: int = 1 << 16,
+        pairs: int = 1 << 20,
     ) -> None:
-        """`customers` and `terminals` reserve rows; reserved rows cost memory only once used
-        (zero pages), and the arrays double when more entities appear."""
+        """`customers`, `terminals` and (customer, terminal) `pairs` reserve room. Reserved rows
+        cost memory only once used (untouched zero pages), so the default is generous: growing
+        past it doubles an array, a copy of every row that stalls scoring for a moment."""
         self.config = config
         self._slots = config.label_delay_days + HORIZON_DAYS + 1
         self._customer_ids: dict[str, int] = {}
@@ -344,8 +346,8 @@ class FeatureState:
         self._ci = np.zeros((customers, _N_I32), dtype=np.int32)
         self._cl = np.zeros((customers, _N_I64), dtype=np.int64)
         self._ti = np.zeros((terminals, 3 * self._slots), dtype=np.int32)
-        self._pair_keys = np.zeros(1 << 12, dtype=np.int64)
-        self._pair_days = np.zeros(1 << 12, dtype=np.int32)
+        self._pair_keys = np.zeros(1 << int(np.ceil(np.log2(max(pairs, 2)))), dtype=np.int64)
+        self._pair_days = np.zeros(len(self._pair_keys), dtype=np.int32)
         self._pairs = 0
         # Label changes not yet applied (known_at after the latest transaction), by known_at.
         self._pending: tuple[np.ndarray, ...] = tuple(np.zeros(0, dtype=np.int64) for _ in range(4))

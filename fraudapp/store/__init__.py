@@ -8,19 +8,20 @@ the API and the dashboard aggregate in SQL.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import asyncpg
-import numpy as np
 import pandas as pd
 
 from fraudapp.errors import ServiceUnreachable
 from fraudapp.policy import ListEntry
+from fraudapp.store import copy
 from fraudapp.transactions import LABEL_COLUMNS, TRANSACTION_COLUMNS
 
 if TYPE_CHECKING:
@@ -115,113 +116,30 @@ def record_dict(record: asyncpg.Record | None) -> dict[str, Any] | None:
 
 # --- the writer's queries -------------------------------------------------------------------
 
-TRANSACTION_COPY_COLUMNS = (
-    "transaction_id",
-    "occurred_at",
-    "customer_id",
-    "terminal_id",
-    "merchant_category",
-    "amount",
-    "currency",
-    "channel",
-    "terminal_lat",
-    "terminal_lon",
-    "received_at",
-)
-DECISION_COPY_COLUMNS = (
-    "transaction_id",
-    "decided_at",
-    "probability",
-    "score",
-    "decision",
-    "rule",
-    "reasons",
-    "model_version",
-    "features",
-    "latency_ms",
-)
-
-
-def _epoch_to_datetimes(seconds: np.ndarray) -> list[datetime]:
-    datetimes: list[datetime] = (seconds * 1e6).astype("datetime64[us]").tolist()
-    return datetimes
-
-
-def _none_where_nan(values: np.ndarray) -> np.ndarray:
-    """An object array with None (SQL NULL) where `values` is NaN."""
-    out = values.astype(object)
-    out[np.isnan(values)] = None
-    return out
-
-
-def scored_records(scored: ScoredBatch) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """Rows for COPY into `transaction` and `decision`, built column-wise."""
-    tx = scored.transactions
-    n = len(tx)
-    lat = _none_where_nan(tx.terminal_lat)
-    lon = _none_where_nan(tx.terminal_lon)
-    transactions = list(
-        zip(
-            tx.transaction_id.tolist(),
-            tx.timestamp.tolist(),
-            tx.customer_id.tolist(),
-            tx.terminal_id.tolist(),
-            tx.merchant_category.tolist(),
-            np.round(tx.amount, 2).tolist(),
-            tx.currency.tolist(),
-            tx.channel.tolist(),
-            lat.tolist(),
-            lon.tolist(),
-            _epoch_to_datetimes(scored.received_at),
-            strict=True,
-        )
-    )
-    decided_at = datetime.fromtimestamp(scored.decided_at, UTC)
-    latency_ms = ((scored.decided_at - scored.received_at) * 1000.0).tolist()
-    features = np.ascontiguousarray(scored.features, dtype="<f4")
-    decisions = list(
-        zip(
-            tx.transaction_id.tolist(),
-            [decided_at] * n,
-            scored.probability.tolist(),
-            scored.score.tolist(),
-            scored.decision.tolist(),
-            scored.rule.tolist(),
-            scored.reasons_json(),
-            [scored.model_version] * n,
-            [row.tobytes() for row in features],
-            latency_ms,
-            strict=True,
-        )
-    )
-    return transactions, decisions
-
 
 async def insert_scored(conn: asyncpg.Connection, *, scored: ScoredBatch) -> int:
     """Store a scored micro-batch in one transaction; ids already stored are skipped.
 
-    The fast path is a straight COPY; only when a batch holds an id that is already stored does
-    it go through a staging table with ON CONFLICT DO NOTHING. Returns the rows stored.
+    The fast path is a straight binary COPY into both tables; only when a batch holds an id that
+    is already stored does it go through staging tables with ON CONFLICT DO NOTHING. Returns the
+    rows stored.
     """
-    transactions, decisions = scored_records(scored)
     try:
         async with conn.transaction():
-            await conn.copy_records_to_table(
-                "transaction", records=transactions, columns=TRANSACTION_COPY_COLUMNS
-            )
-            await conn.copy_records_to_table(
-                "decision", records=decisions, columns=DECISION_COPY_COLUMNS
-            )
-        return len(transactions)
+            await _copy(conn, copy.transaction_copy(scored))
+            await _copy(conn, copy.decision_copy(scored))
+        return len(scored)
     except asyncpg.UniqueViolationError:
-        return await _insert_scored_deduplicated(conn, transactions, decisions)
+        return await _insert_scored_deduplicated(conn, scored)
 
 
-async def _insert_scored_deduplicated(
-    conn: asyncpg.Connection,
-    transactions: list[tuple[Any, ...]],
-    decisions: list[tuple[Any, ...]],
-) -> int:
+async def _copy(conn: asyncpg.Connection, rows: copy.CopyData) -> None:
+    await conn.copy_to_table(
+        rows.table, source=io.BytesIO(rows.data), columns=list(rows.columns), format="binary"
+    )
+
+
+async def _insert_scored_deduplicated(conn: asyncpg.Connection, scored: ScoredBatch) -> int:
     async with conn.transaction():
         await conn.execute(
             "CREATE TEMP TABLE IF NOT EXISTS staged_transaction "
@@ -229,12 +147,8 @@ async def _insert_scored_deduplicated(
             "CREATE TEMP TABLE IF NOT EXISTS staged_decision "
             "(LIKE decision INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         )
-        await conn.copy_records_to_table(
-            "staged_transaction", records=transactions, columns=TRANSACTION_COPY_COLUMNS
-        )
-        await conn.copy_records_to_table(
-            "staged_decision", records=decisions, columns=DECISION_COPY_COLUMNS
-        )
+        await _copy(conn, copy.transaction_copy(scored, table="staged_transaction"))
+        await _copy(conn, copy.decision_copy(scored, table="staged_decision"))
         inserted = await conn.fetch(
             """
             INSERT INTO transaction

@@ -139,6 +139,7 @@ def test_features_needing_missing_columns_are_left_out_with_the_reason() -> None
     left_out = unavailable_features(columns)
     assert left_out == {
         "is_online": "needs column 'channel'",
+        "customer_online_share_30d": "needs column 'channel'",
         "customer_km_from_home": "needs column 'terminal_lat'",
         "customer_km_from_prev": "needs column 'terminal_lat'",
         "customer_speed_kmh": "needs column 'terminal_lat'",
@@ -164,8 +165,11 @@ def test_first_transaction_gets_neutral_values() -> None:
     assert row["log_amount"] == pytest.approx(math.log1p(42.5))
     for name in FEATURE_NAMES:
         if name.startswith(("customer_count", "customer_mean", "terminal_")):
-            assert row[name] == 0, name
+            if name != "terminal_amount_vs_typical_30d":
+                assert row[name] == 0, name
     assert row["customer_amount_ratio_30d"] == 1
+    assert row["customer_amount_vs_typical_30d"] == row["terminal_amount_vs_typical_30d"] == 1
+    assert row["customer_online_share_30d"] == 0
     assert row["customer_amount_zscore_30d"] == 0
     assert row["customer_seconds_since_prev"] == 30 * 86_400
     assert row["customer_new_terminal"] == 1
@@ -185,6 +189,26 @@ def test_burst_of_five_in_ten_minutes() -> None:
     assert fifth["customer_seconds_since_prev"] == 120
     assert fifth["customer_count_1d"] == 4
     assert fifth["customer_amount_ratio_30d"] == pytest.approx(500 / 2.5)
+    # against the geometric mean (24 ** 0.25) the four small probes make it look even larger
+    assert fifth["customer_amount_vs_typical_30d"] == pytest.approx(500 / 24**0.25, rel=1e-5)
+
+
+def test_amount_versus_what_the_terminal_usually_charges() -> None:
+    frame = history(
+        {"timestamp": at(days=1), "customer_id": "A", "amount": 10.0, "channel": "online"},
+        {"timestamp": at(days=2), "customer_id": "B", "amount": 40.0},
+        {"timestamp": at(days=3), "customer_id": "A", "amount": 100.0},
+        # day 31: the window (that day and the 29 before) has lost the first purchase
+        {"timestamp": at(days=31, hours=1), "customer_id": "B", "amount": 50.0},
+        {"timestamp": at(days=4), "customer_id": "A", "amount": 20.0, "terminal_id": "U"},
+    )
+    f = features(frame)
+    assert f["terminal_amount_vs_typical_30d"].tolist()[:3] == pytest.approx([1.0, 4.0, 5.0])
+    assert f["terminal_amount_vs_typical_30d"].iloc[3] == pytest.approx(50 / 4000**0.5, rel=1e-5)
+    assert f["terminal_amount_vs_typical_30d"].iloc[4] == 1.0  # a terminal never seen before
+    # customer A: one online purchase of two before the one at terminal U
+    assert f["customer_online_share_30d"].iloc[4] == pytest.approx(0.5)
+    assert f["customer_amount_vs_typical_30d"].iloc[4] == pytest.approx(20 / 1000**0.5, rel=1e-5)
 
 
 def test_short_windows_are_minute_and_ten_minute_buckets() -> None:

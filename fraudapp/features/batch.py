@@ -24,14 +24,18 @@ from fraudapp.features.definitions import (
     A_COUNT_30D,
     A_LAT_30D,
     A_LOCATED_30D,
+    A_LOG_30D,
     A_LON_30D,
     A_NEW_TERMINAL,
+    A_ONLINE_30D,
     A_PREV_LAT,
     A_PREV_LON,
     A_PREV_TIME,
     A_SQUARES_30D,
     A_TERMINAL_COUNT_1D,
     A_TERMINAL_KNOWN_FRAUDS_30D,
+    A_TERMINAL_LOG_30D,
+    A_TERMINAL_RECENT_30D,
     A_TERMINALS_1H,
     COLUMN,
     DEFAULT_CONFIG,
@@ -53,6 +57,7 @@ from fraudapp.features.definitions import (
     FeatureConfig,
     cents_of,
     finish,
+    log_units_of,
     micro_degrees,
     micros,
     unavailable_features,
@@ -96,6 +101,7 @@ def _batch_aggregates(
     cents: np.ndarray,
     lat: np.ndarray,
     lon: np.ndarray,
+    online: np.ndarray,
     deltas: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     delay: int,
 ) -> np.ndarray:
@@ -128,6 +134,7 @@ def _batch_aggregates(
     start_1d = since(hour - (HOUR_SLOTS - 1), US_HOUR)
     start_7d = since(day - 6, US_DAY)
     start_30d = since(day - (HORIZON_DAYS - 1), US_DAY)
+    logs = log_units_of(cents)
     cc, la, lo = cents[by_c], lat[by_c], lon[by_c]
     located = la != NO_PLACE
     total = _prefix(cc)
@@ -146,6 +153,8 @@ def _batch_aggregates(
         (A_LOCATED_30D, located),
         (A_LAT_30D, np.where(located, la, 0)),
         (A_LON_30D, np.where(located, lo, 0)),
+        (A_LOG_30D, logs[by_c]),
+        (A_ONLINE_30D, online[by_c]),
     ):
         sums = _prefix(values)
         agg[:, column] = sums[pos] - sums[start_30d]
@@ -200,6 +209,12 @@ def _batch_aggregates(
         out[by_g, A_TERMINAL_COUNT_1D + 2 * k] = end - first
         out[by_g, A_TERMINAL_COUNT_1D + 2 * k + 1] = frauds_known(delay + 1, delay + w)
     out[by_g, A_TERMINAL_KNOWN_FRAUDS_30D] = frauds_known(0, HORIZON_DAYS - 1)
+    # Earlier transactions at the terminal from the start of day D-29 (no delay).
+    first = np.searchsorted(key_g, g * n + rank(day_g - (HORIZON_DAYS - 1), US_DAY))
+    position = np.arange(n)
+    out[by_g, A_TERMINAL_RECENT_30D] = position - first
+    logs_g = _prefix(logs[by_g])
+    out[by_g, A_TERMINAL_LOG_30D] = logs_g[position] - logs_g[first]
     return out
 
 
@@ -233,6 +248,8 @@ def compute_features(
     lon = micro_degrees(transactions.get("terminal_lon"), n)
     amount = transactions["amount"].to_numpy(dtype=np.float64)
     cents = cents_of(amount)
+    channel = transactions.get("channel")
+    online = np.zeros(n, dtype=bool) if channel is None else (channel == "online").to_numpy(bool)
     labels = None if labels is None else labels[labels["known_at"].notna()]  # never known
     none = np.zeros(0, dtype=np.int64)
     deltas = (none, none, none, none)
@@ -246,11 +263,10 @@ def compute_features(
         cents[order],
         lat[order],
         lon[order],
+        online[order],
         deltas,
         config.label_delay_days,
     )
-    channel = transactions.get("channel")
-    online = np.zeros(n, dtype=bool) if channel is None else (channel == "online").to_numpy(bool)
     features = finish(agg, amount=amount, time=t, lat=lat, lon=lon, online=online, config=config)
     columns = [COLUMN[name] for name in names]
     # F-ordered columns, handed over without the copy pandas makes by default.

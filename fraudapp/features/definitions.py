@@ -14,8 +14,9 @@
 #   transaction's day (days D-delay-w .. D-delay-1); terminal_known_frauds_30d has no delay
 #   (days D-29 .. D). A label counts once known_at <= timestamp, and the latest label of a
 #   transaction wins (a fraud label withdrawn later stops counting).
-# - Amounts enter aggregates as integer cents and locations as integer micro-degrees, so sums
-#   are exact in any order and the executors agree bit for bit.
+# - Amounts enter aggregates as integer cents (and ln(amount) as integer millionths, for the
+#   geometric means), locations as integer micro-degrees, so sums are exact in any order and
+#   the executors agree bit for bit.
 # - Nothing looks back further than 30 days (+ delay + 1 for terminals): state rebuilt from
 #   `FeatureConfig.history_days` of history equals the state of an endless stream.
 
@@ -65,11 +66,18 @@ REQUIRED_COLUMNS = ("customer_id", "terminal_id", "timestamp", "amount")
     A_PREV_LAT,
     A_PREV_LON,
     A_NEW_TERMINAL,
+    A_LOG_30D,  # sum of log units (LOG_UNITS * ln amount) over the customer_count_30d window
+    A_ONLINE_30D,  # online transactions in that window
     A_TERMINAL_COUNT_1D,  # then frauds 1d, count 7d, frauds 7d, count 30d, frauds 30d
-) = range(19)
+) = range(21)
 TERMINAL_WINDOWS_DAYS = (1, 7, 30)
 A_TERMINAL_KNOWN_FRAUDS_30D = A_TERMINAL_COUNT_1D + 2 * len(TERMINAL_WINDOWS_DAYS)
-N_AGGREGATES = A_TERMINAL_KNOWN_FRAUDS_30D + 1
+# The terminal's earlier transactions in the current UTC day and the 29 before (no delay:
+# amounts are known at once), and the sum of their log units.
+A_TERMINAL_RECENT_30D = A_TERMINAL_KNOWN_FRAUDS_30D + 1
+A_TERMINAL_LOG_30D = A_TERMINAL_RECENT_30D + 1
+N_AGGREGATES = A_TERMINAL_LOG_30D + 1
+LOG_UNITS = 1_000_000  # ln(amount) enters aggregates as an integer of millionths
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +245,21 @@ FEATURES: Mapping[str, Feature] = {
             "amount is {value:.1f} standard deviations above this customer's 30-day mean",
         ),
         Feature(
+            "customer_amount_vs_typical_30d",
+            "amount / the geometric mean of the amounts counted by customer_count_30d (1 "
+            "without 30-day history): robust to the customer's own rare large purchases.",
+            "ratio",
+            "amount is {value:.1f}× this customer's typical amount",
+        ),
+        Feature(
+            "customer_online_share_30d",
+            "Share of the transactions counted by customer_count_30d that were online (0 "
+            "without 30-day history).",
+            "share",
+            "this customer paid online in {value:.0%} of the last 30 days' purchases",
+            needs=("channel",),
+        ),
+        Feature(
             "customer_seconds_since_prev",
             "Seconds since the customer's previous transaction, at most 30 days (30 days if "
             "there is none in that horizon).",
@@ -284,6 +307,22 @@ FEATURES: Mapping[str, Feature] = {
             "transactions",
             "{value:.0f} recent transactions at this terminal are known fraud",
         ),
+        Feature(
+            "terminal_known_fraud_share_30d",
+            "terminal_known_frauds_30d / the terminal's earlier transactions in the current UTC "
+            "day and the 29 before it (0 without such history), at most 1: a big online "
+            "merchant with a few frauds is not a skimmed shop.",
+            "share",
+            "{value:.0%} of this terminal's transactions in the last 30 days are known fraud",
+        ),
+        Feature(
+            "terminal_amount_vs_typical_30d",
+            "amount / the geometric mean amount of the terminal's earlier transactions in the "
+            "current UTC day and the 29 before it (1 without such history): what this merchant "
+            "usually charges.",
+            "ratio",
+            "amount is {value:.1f}× what this terminal usually charges",
+        ),
     ]
 }
 FEATURE_NAMES: tuple[str, ...] = tuple(FEATURES)
@@ -318,6 +357,12 @@ def micros(values: Any) -> np.ndarray:
 def cents_of(amount: np.ndarray) -> np.ndarray:
     """Amounts as integer cents (the schema's numeric(14,2))."""
     return np.rint(np.asarray(amount, dtype=np.float64) * 100.0).astype(np.int64)
+
+
+def log_units_of(cents: np.ndarray) -> np.ndarray:
+    """ln(amount) as integer millionths (amounts under a cent count as one cent)."""
+    amount = np.maximum(np.asarray(cents, dtype=np.int64), 1) / 100.0
+    return np.rint(np.log(amount) * LOG_UNITS).astype(np.int64)
 
 
 def micro_degrees(degrees: np.ndarray | None, n: int) -> np.ndarray:
@@ -397,6 +442,11 @@ def finish(
         np.clip(share(amount - mean, std, 0.0), -ZSCORE_CAP, ZSCORE_CAP),
     )
 
+    log_amount = log_units_of(cents_of(amount)) / LOG_UNITS
+    typical = share(a[:, A_LOG_30D] / LOG_UNITS, count, 0.0)  # ln of the geometric mean
+    put("customer_amount_vs_typical_30d", np.where(count > 0, np.exp(log_amount - typical), 1.0))
+    put("customer_online_share_30d", share(a[:, A_ONLINE_30D], count, 0.0))
+
     prev_time = agg[:, A_PREV_TIME]
     has_prev = prev_time != NO_TIME
     gap = np.clip(time - np.where(has_prev, prev_time, time), 0, None)
@@ -430,4 +480,9 @@ def finish(
         put(f"terminal_count_{w}d", txs)
         put(f"terminal_risk_{w}d", np.minimum(share(frauds, txs, 0.0), 1.0))
     put("terminal_known_frauds_30d", np.maximum(a[:, A_TERMINAL_KNOWN_FRAUDS_30D], 0.0))
+    seen = a[:, A_TERMINAL_RECENT_30D]
+    known = np.maximum(a[:, A_TERMINAL_KNOWN_FRAUDS_30D], 0.0)
+    put("terminal_known_fraud_share_30d", np.minimum(share(known, seen, 0.0), 1.0))
+    usual = share(a[:, A_TERMINAL_LOG_30D] / LOG_UNITS, seen, 0.0)
+    put("terminal_amount_vs_typical_30d", np.where(seen > 0, np.exp(log_amount - usual), 1.0))
     return f

@@ -27,14 +27,18 @@ from fraudapp.features.definitions import (
     A_COUNT_30D,
     A_LAT_30D,
     A_LOCATED_30D,
+    A_LOG_30D,
     A_LON_30D,
     A_NEW_TERMINAL,
+    A_ONLINE_30D,
     A_PREV_LAT,
     A_PREV_LON,
     A_PREV_TIME,
     A_SQUARES_30D,
     A_TERMINAL_COUNT_1D,
     A_TERMINAL_KNOWN_FRAUDS_30D,
+    A_TERMINAL_LOG_30D,
+    A_TERMINAL_RECENT_30D,
     A_TERMINALS_1H,
     COLUMN,
     DEFAULT_CONFIG,
@@ -55,6 +59,7 @@ from fraudapp.features.definitions import (
     FeatureConfig,
     cents_of,
     finish,
+    log_units_of,
     micro_degrees,
     micros,
 )
@@ -76,7 +81,8 @@ _I_HOUR_COUNT = _I_HOUR_ID + HOUR_SLOTS
 _I_DAY_ID = _I_HOUR_COUNT + HOUR_SLOTS
 _I_DAY_COUNT = _I_DAY_ID + HORIZON_DAYS
 _I_DAY_LOCATED = _I_DAY_COUNT + HORIZON_DAYS
-_I_RECENT_TERMINAL = _I_DAY_LOCATED + HORIZON_DAYS  # the last RECENT transactions, newest first
+_I_DAY_ONLINE = _I_DAY_LOCATED + HORIZON_DAYS
+_I_RECENT_TERMINAL = _I_DAY_ONLINE + HORIZON_DAYS  # the last RECENT transactions, newest first
 _I_RECENT_TEN = _I_RECENT_TERMINAL + RECENT
 _I_PREV_LOCATED = _I_RECENT_TEN + RECENT
 _I_PREV_LAT = _I_PREV_LOCATED + 1
@@ -89,7 +95,8 @@ _L_DAY_CENTS = _L_HOUR_CENTS + HOUR_SLOTS
 _L_DAY_SQUARES = _L_DAY_CENTS + HORIZON_DAYS
 _L_DAY_LAT = _L_DAY_SQUARES + HORIZON_DAYS
 _L_DAY_LON = _L_DAY_LAT + HORIZON_DAYS
-_L_PREV_TIME = _L_DAY_LON + HORIZON_DAYS  # the latest transaction time (0 before any)
+_L_DAY_LOG = _L_DAY_LON + HORIZON_DAYS
+_L_PREV_TIME = _L_DAY_LOG + HORIZON_DAYS  # the latest transaction time (0 before any)
 _N_I64 = _L_PREV_TIME + 1
 
 
@@ -162,6 +169,8 @@ def _query_customer(ci, cl, t, out):
                 out[A_LOCATED_30D] += ci[_I_DAY_LOCATED + s]
                 out[A_LAT_30D] += cl[_L_DAY_LAT + s]
                 out[A_LON_30D] += cl[_L_DAY_LON + s]
+                out[A_LOG_30D] += cl[_L_DAY_LOG + s]
+                out[A_ONLINE_30D] += ci[_I_DAY_ONLINE + s]
                 if b > day - 7:
                     out[A_COUNT_7D] += ci[_I_DAY_COUNT + s]
                     out[A_CENTS_7D] += cl[_L_DAY_CENTS + s]
@@ -171,7 +180,7 @@ def _query_customer(ci, cl, t, out):
 
 
 @njit(cache=True)
-def _add_to_customer(ci, cl, t, terminal, cents, lat, lon):
+def _add_to_customer(ci, cl, t, terminal, cents, lat, lon, logs, online):
     _add_to_ring(
         ci, cl, _I_MINUTE_ID, _I_MINUTE_COUNT, _L_MINUTE_CENTS, MINUTE_SLOTS, t // US_MINUTE, cents
     )
@@ -183,11 +192,15 @@ def _add_to_customer(ci, cl, t, terminal, cents, lat, lon):
     s = day % HORIZON_DAYS
     if ci[_I_DAY_ID + s] < day:
         ci[_I_DAY_LOCATED + s] = 0
+        ci[_I_DAY_ONLINE + s] = 0
+        cl[_L_DAY_LOG + s] = 0
         cl[_L_DAY_SQUARES + s] = 0
         cl[_L_DAY_LAT + s] = 0
         cl[_L_DAY_LON + s] = 0
     if _add_to_ring(ci, cl, _I_DAY_ID, _I_DAY_COUNT, _L_DAY_CENTS, HORIZON_DAYS, day, cents) >= 0:
         cl[_L_DAY_SQUARES + s] += min(cents, SQUARE_CAP_CENTS) ** 2
+        cl[_L_DAY_LOG + s] += logs
+        ci[_I_DAY_ONLINE + s] += online
         if lat != NO_PLACE:
             ci[_I_DAY_LOCATED + s] += 1
             cl[_L_DAY_LAT + s] += lat
@@ -234,6 +247,32 @@ def _query_terminal(ti, day, delay, out):
 
 
 @njit(cache=True)
+def _add_to_terminal_amounts(tl, day, logs):
+    """Terminal row tl = [day ids | transaction counts | log-unit sums], HORIZON_DAYS slots."""
+    slots = len(tl) // 3
+    s = day % slots
+    if tl[s] < day:
+        tl[s] = day
+        tl[slots + s] = 0
+        tl[2 * slots + s] = 0
+    if tl[s] == day:
+        tl[slots + s] += 1
+        tl[2 * slots + s] += logs
+
+
+@njit(cache=True)
+def _query_terminal_amounts(tl, day, out):
+    slots = len(tl) // 3
+    count = total = 0
+    for s in range(slots):
+        if 0 <= day - tl[s] < slots:
+            count += tl[slots + s]
+            total += tl[2 * slots + s]
+    out[A_TERMINAL_RECENT_30D] = count
+    out[A_TERMINAL_LOG_30D] = total
+
+
+@njit(cache=True)
 def _visit_pair(keys, days, key, day):
     """(last day the pair was seen or 0, 1 if it is new to the table); records `day`.
 
@@ -276,7 +315,25 @@ def _apply_labels(ti, labels, upto, i):
 
 
 @njit(cache=True)
-def _advance(customer, terminal, t, cents, lat, lon, ci, cl, ti, delay, keys, days, labels, out):
+def _advance(
+    customer,
+    terminal,
+    t,
+    cents,
+    lat,
+    lon,
+    logs,
+    online,
+    ci,
+    cl,
+    ti,
+    tl,
+    delay,
+    keys,
+    days,
+    labels,
+    out,
+):
     """Advance the state over transactions in stream order, writing each one's aggregates into
     `out` first (when it has rows). Returns (label changes applied, pairs added)."""
     applied = added = 0
@@ -289,8 +346,10 @@ def _advance(customer, terminal, t, cents, lat, lon, ci, cl, ti, delay, keys, da
             _query_customer(ci[c], cl[c], t[i], out[i])
             out[i, A_NEW_TERMINAL] = last < day - (HORIZON_DAYS - 1)
             _query_terminal(ti[g], day, delay, out[i])
-        _add_to_customer(ci[c], cl[c], t[i], g, cents[i], lat[i], lon[i])
+            _query_terminal_amounts(tl[g], day, out[i])
+        _add_to_customer(ci[c], cl[c], t[i], g, cents[i], lat[i], lon[i], logs[i], online[i])
         _add_to_terminal(ti[g], day, 1, 0)
+        _add_to_terminal_amounts(tl[g], day, logs[i])
     return applied, added
 
 
@@ -320,6 +379,7 @@ _SNAPSHOT_FEATURES = (
     "customer_mean_amount_7d",
     "customer_count_30d",
     "customer_mean_amount_30d",
+    "customer_online_share_30d",
     "customer_seconds_since_prev",
 )
 
@@ -346,6 +406,7 @@ class FeatureState:
         self._ci = np.zeros((customers, _N_I32), dtype=np.int32)
         self._cl = np.zeros((customers, _N_I64), dtype=np.int64)
         self._ti = np.zeros((terminals, 3 * self._slots), dtype=np.int32)
+        self._tl = np.zeros((terminals, 3 * HORIZON_DAYS), dtype=np.int64)
         self._pair_keys = np.zeros(1 << int(np.ceil(np.log2(max(pairs, 2)))), dtype=np.int64)
         self._pair_days = np.zeros(len(self._pair_keys), dtype=np.int32)
         self._pairs = 0
@@ -366,8 +427,10 @@ class FeatureState:
             micro_degrees(batch.terminal_lat, len(t)),
             micro_degrees(batch.terminal_lon, len(t)),
         )
-        agg = self._advance(batch.customer_id, batch.terminal_id, t, batch.amount, lat, lon, True)
         online = np.asarray(batch.channel == "online", dtype=bool)
+        agg = self._advance(
+            batch.customer_id, batch.terminal_id, t, batch.amount, lat, lon, online, True
+        )
         return finish(
             agg, amount=batch.amount, time=t, lat=lat, lon=lon, online=online, config=self.config
         )
@@ -379,7 +442,10 @@ class FeatureState:
             micro_degrees(batch.terminal_lat, len(t)),
             micro_degrees(batch.terminal_lon, len(t)),
         )
-        self._advance(batch.customer_id, batch.terminal_id, t, batch.amount, lat, lon, False)
+        online = np.asarray(batch.channel == "online", dtype=bool)
+        self._advance(
+            batch.customer_id, batch.terminal_id, t, batch.amount, lat, lon, online, False
+        )
 
     def add_labels(self, labels: pd.DataFrame) -> None:
         """Take label events (LABEL_COLUMNS); each counts for transactions from its known_at on.
@@ -412,6 +478,7 @@ class FeatureState:
             elif not fraud[i] and (packed := self._fraud.pop(tx, None)) is not None:
                 changes.append((int(known[order[i]]), packed >> 32, packed & 0xFFFFFFFF, -1))
         self._ti = _grown(self._ti, len(self._terminal_ids))
+        self._tl = _grown(self._tl, len(self._terminal_ids))
         if changes:
             new = np.array(changes, dtype=np.int64).T
             merged = [
@@ -453,7 +520,7 @@ class FeatureState:
         """Bytes the state occupies: rows in use (reserved rows are untouched zero pages), the
         pair table, pending labels and the id maps."""
         rows = len(self._customer_ids) * (self._ci[0].nbytes + self._cl[0].nbytes)
-        rows += len(self._terminal_ids) * self._ti[0].nbytes
+        rows += len(self._terminal_ids) * (self._ti[0].nbytes + self._tl[0].nbytes)
         arrays: list[np.ndarray] = [self._pair_keys, self._pair_days, *self._pending]
         return (
             rows
@@ -496,6 +563,12 @@ class FeatureState:
         customers = transactions["customer_id"].to_numpy(dtype=object)[order]
         terminals = transactions["terminal_id"].to_numpy(dtype=object)[order]
         amount = transactions["amount"].to_numpy(dtype=np.float64)[order]
+        channel = transactions.get("channel")
+        online = (
+            np.zeros(n, dtype=bool)
+            if channel is None
+            else (channel == "online").to_numpy(dtype=bool)[order]
+        )
         t = t[order]
         for s in range(0, n, chunk_size):
             chunk = slice(s, s + chunk_size)
@@ -506,6 +579,7 @@ class FeatureState:
                 amount[chunk],
                 lat[chunk],
                 lon[chunk],
+                online[chunk],
                 False,
             )
         return state
@@ -548,6 +622,7 @@ class FeatureState:
         amount: np.ndarray,
         lat: np.ndarray,
         lon: np.ndarray,
+        online: np.ndarray,
         score: bool,
     ) -> np.ndarray:
         n = len(t)
@@ -556,18 +631,23 @@ class FeatureState:
         self._ci = _grown(self._ci, len(self._customer_ids))
         self._cl = _grown(self._cl, len(self._customer_ids))
         self._ti = _grown(self._ti, len(self._terminal_ids))
+        self._tl = _grown(self._tl, len(self._terminal_ids))
         self._make_room_for_pairs(n)
         out = np.empty((n if score else 0, N_AGGREGATES), dtype=np.int64)
+        cents = cents_of(amount)
         applied, added = _advance(
             customer,
             terminal,
             t,
-            cents_of(amount),
+            cents,
             lat,
             lon,
+            log_units_of(cents),
+            np.asarray(online, dtype=np.int64),
             self._ci,
             self._cl,
             self._ti,
+            self._tl,
             self.config.label_delay_days,
             self._pair_keys,
             self._pair_days,

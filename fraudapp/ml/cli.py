@@ -82,7 +82,7 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
         help="first day of the training window, YYYY-MM-DD (default: the split ending with the "
         "last complete day of history)",
     )
-    parser.add_argument("--train-days", type=float, default=14.0, help="training window, days")
+    parser.add_argument("--train-days", type=float, default=21.0, help="training window, days")
     parser.add_argument(
         "--delay-days",
         type=float,

@@ -60,7 +60,7 @@ def _ignore_progress(stage: str, fraction: float) -> None:
 class TrainConfig:
     """How to fit: windows, search, early stopping and the operating point."""
 
-    train_days: float = 14.0
+    train_days: float = 21.0
     delay_days: float = 7.0
     test_days: float = 7.0
     valid_days: float | None = None  # default: test_days

@@ -207,7 +207,19 @@ def _convert(world: World, rng: np.random.Generator, rows: _Rows, day: int, star
         hit &= rng.random(len(hit)) < cfg.stolen_credentials_share
         hit &= rows.scenario == 0
         rows.scenario[hit] = 3
-        rows.amount[hit] = _cents(rows.amount[hit] * rng.uniform(2.0, 5.0, int(hit.sum())))
+        n = int(hit.sum())
+        if len(world.online_pool):
+            # Stolen card details are used card-not-present, at online merchants the
+            # fraudster picks, for more than the victim usually spends there.
+            terminal = world.online_pool[rng.integers(0, len(world.online_pool), n)]
+            rows.terminal[hit] = terminal
+            rows.online[hit] = True
+            typical = (
+                _typical_amount(world, rng, rows.customer[hit]) * world.terminal_price[terminal]
+            )
+            rows.amount[hit] = _cents(typical * rng.uniform(2.0, 5.0, n))
+        else:
+            rows.amount[hit] = _cents(rows.amount[hit] * rng.uniform(2.0, 5.0, n))
     legit = np.flatnonzero(rows.scenario == 0)
     budget = cfg.mix[1] * len(rows.scenario) / (1.0 - cfg.mix[4:].sum())
     n = min(len(_event_sizes(rng, (1, 1), budget)), len(legit))

@@ -93,9 +93,9 @@ class SimulationConfig:
     fraud_rate: float = 0.007
     scenario_mix: tuple[float, ...] = (0.10, 0.25, 0.25, 0.15, 0.15, 0.10)
     outlier_amount_median: float = 1_500.0  # scenario 1
-    compromised_terminal_days: tuple[int, int] = (7, 21)  # scenario 2
+    compromised_terminal_days: tuple[int, int] = (14, 35)  # scenario 2: a skimmer's weeks
     stolen_credentials_days: tuple[int, int] = (3, 14)  # scenario 3
-    stolen_credentials_share: float = 1 / 3  # of the victim's purchases in those days
+    stolen_credentials_share: float = 1 / 3  # of the victim's purchases, made online instead
     card_testing_probes: tuple[int, int] = (3, 8)  # scenario 4: tiny probes before the big one
     takeover_transactions: tuple[int, int] = (3, 8)  # scenario 5
     far_from_home_km: float = 150.0  # scenario 5: the fraudster shops at least this far away

@@ -98,7 +98,7 @@ def risky_customers(scored: ScoredBatch) -> dict[str, RiskyCustomer]:
             decision=scored.decision[i],
             transaction_id=tx.transaction_id[i],
             amount=float(tx.amount[i]),
-            decided_at=scored.decided_at,
+            decided_at=float(scored.decided_at[i]),
             reason=str(reasons[0]["text"]) if reasons else str(scored.rule[i] or ""),
         )
     return found

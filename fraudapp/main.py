@@ -6,6 +6,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from fraudapp import api, dashboard, health
+from fraudapp.api.fastpath import DecisionFastPath
 from fraudapp.lifespan import CleanStartupErrors, make_lifespan
 from fraudapp.settings import Settings
 
@@ -25,6 +26,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.add_error_handlers(app)
     dashboard.add_error_handlers(app)
     app.add_middleware(dashboard.DashboardSessions)
+    app.add_middleware(DecisionFastPath)
     app.add_middleware(CleanStartupErrors)
     return app
 

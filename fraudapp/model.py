@@ -20,6 +20,7 @@ import pandas as pd
 import xgboost as xgb
 
 from fraudapp.errors import NotFound
+from fraudapp.forest import Forest
 from fraudapp.ml import tracking
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,11 @@ def risk_score(probability: np.ndarray | float) -> np.ndarray:
     return np.clip(np.floor(p * 100.0), 0, 99).astype(np.int16)
 
 
+# Up to this many rows the flat forest predicts faster than XGBoost (measured: 1 row 8 µs vs
+# 160 µs; 2,048 rows 11 ms vs 5.5 ms).
+SMALL_BATCH_ROWS = 128
+
+
 @dataclass(frozen=True, eq=False)
 class ServingModel:
     """A registered model version ready to score: booster, feature order, threshold, metrics."""
@@ -52,6 +58,7 @@ class ServingModel:
     # machine, but two threads spin-wait and turn erratic (up to 16 ms) once the event loop and
     # PostgreSQL want the other core. Single-row calls are faster with one thread too.
     threads: int = 1
+    forest: Forest = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.booster.num_features() != len(self.feature_names):
@@ -60,6 +67,7 @@ class ServingModel:
                 f"tags name {len(self.feature_names)}"
             )
         self.booster.set_param({"nthread": self.threads})
+        object.__setattr__(self, "forest", Forest.from_booster(self.booster))
 
     @property
     def threshold_score(self) -> int:
@@ -75,9 +83,16 @@ class ServingModel:
         return features
 
     def predict(self, features: np.ndarray) -> np.ndarray:
-        """Fraud probability per row (float32): ~0.2–0.5 ms a call plus ~2 µs a row here."""
+        """Fraud probability per row (float32).
+
+        Small batches (a synchronous decision, a quiet stream) walk the flat forest at ~5 µs a
+        row; XGBoost costs ~0.2–0.5 ms a call plus ~2.5 µs a row, so it takes the large ones.
+        The two agree to one float32 ulp (XGBoost's sigmoid has its own expf).
+        """
         if len(features) == 0:
             return np.empty(0, dtype=np.float32)
+        if len(features) <= SMALL_BATCH_ROWS:
+            return self.forest.predict(self._check(features))
         # inplace_predict skips building a DMatrix: the fastest path for a dense batch. The
         # column order is ours to guarantee (checked above), so XGBoost's name check is skipped.
         return np.asarray(
@@ -87,30 +102,21 @@ class ServingModel:
 
     def margin(self, features: np.ndarray) -> np.ndarray:
         """Log-odds per row (what the contributions add up to)."""
-        return np.asarray(
-            self.booster.inplace_predict(
-                self._check(features), predict_type="margin", validate_features=False
-            ),
-            dtype=np.float32,
-        )
+        return self.forest.margin(self._check(features))
 
     def contributions(self, features: np.ndarray) -> np.ndarray:
         """Approximate per-feature contributions to the margin, (n, n_features + 1), bias last.
 
-        Saabas-style path attribution (~15–40 µs a row): cheap enough for every flagged row.
+        Saabas-style path attribution (XGBoost's approx_contribs, ~5 µs a row on the flat
+        forest): cheap enough for every flagged row.
         """
-        return self._contribs(features, approximate=True)
+        return self.forest.contributions(self._check(features))
 
     def exact_contributions(self, features: np.ndarray) -> np.ndarray:
         """Exact TreeSHAP values, (n, n_features + 1), bias last (~1 ms a row: on demand)."""
-        return self._contribs(features, approximate=False)
-
-    def _contribs(self, features: np.ndarray, *, approximate: bool) -> np.ndarray:
         matrix = xgb.DMatrix(self._check(features), feature_names=list(self.feature_names))
         return np.asarray(
-            self.booster.predict(
-                matrix, pred_contribs=True, approx_contribs=approximate, validate_features=False
-            ),
+            self.booster.predict(matrix, pred_contribs=True, validate_features=False),
             dtype=np.float32,
         )
 

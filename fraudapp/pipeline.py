@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -47,6 +48,10 @@ RETRYABLE_WRITE_ERRORS: tuple[type[BaseException], ...] = (
 )
 _RECENT_DECISIONS = 200_000
 _MAX_RESTARTS = 5
+_INLINE_ROWS = 32  # decision groups up to this size are scored on the event loop when possible
+# Synchronous decisions waiting for a writer, in transactions. Responses never wait for a write;
+# past this many waiting rows the next group of requests does (backpressure, bounded memory).
+_DECISIONS_WAITING_MAX = 8192
 
 
 @dataclass(slots=True)
@@ -118,6 +123,9 @@ class Pipeline:
         self.queue: asyncio.Queue[Chunk] = asyncio.Queue(maxsize=settings.queue_max_chunks)
         self._writes: asyncio.Queue[ScoredBatch] = asyncio.Queue(maxsize=settings.writes_in_flight)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scoring")
+        # Held by whoever touches the feature state: the scoring thread, or the event loop
+        # scoring a small group of decisions inline when the thread is idle (no thread hop).
+        self._state_lock = threading.Lock()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.failures: dict[str, str] = {}
         self.restarts: dict[str, int] = {}
@@ -135,6 +143,14 @@ class Pipeline:
         self._pending = []
         self._flushing = False
         self._flush_task: asyncio.Task[None] | None = None
+        # Decided groups wait here and go to the writers merged: under load a group is a few
+        # requests, and a write per group would cost its fixed round trips each time.
+        self._decided: list[ScoredBatch] = []
+        self._decided_rows = 0
+        self._decided_ready = asyncio.Event()
+        self._decided_room = asyncio.Event()
+        self._decided_room.set()
+        self._decisions_closed = False
         metrics.bind_queue(self.queue.qsize)
         metrics.set_model(scorer.model.version)
 
@@ -146,6 +162,7 @@ class Pipeline:
         for i in range(self.settings.writes_in_flight):
             self._spawn(f"writer-{i}", self._write)
         self._spawn("cache-janitor", self._expire_cache)
+        self._spawn("decision-feeder", self._feed_decisions)
 
     def _spawn(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
         self._tasks[name] = asyncio.create_task(self._supervise(name, factory), name=name)
@@ -181,6 +198,13 @@ class Pipeline:
         writers = [t for name, t in self._tasks.items() if name.startswith("writer")]
         try:
             await asyncio.wait_for(self.queue.join(), deadline)
+            # Decisions being scored now, then their writes, go in before the writers stop.
+            if self._flush_task is not None:
+                await asyncio.wait_for(asyncio.shield(self._flush_task), deadline)
+            self._decisions_closed = True
+            self._decided_ready.set()
+            feeder = self._tasks["decision-feeder"]
+            await asyncio.wait_for(asyncio.shield(feeder), deadline)
             for _ in writers:
                 await asyncio.wait_for(self._writes.put(_STOP), deadline)
             await asyncio.wait_for(asyncio.gather(*writers), deadline)
@@ -255,6 +279,10 @@ class Pipeline:
                     self.queue.task_done()
 
     def _score(self, chunks: list[Chunk]) -> ScoredBatch:
+        with self._state_lock:
+            return self._score_locked(chunks)
+
+    def _score_locked(self, chunks: list[Chunk]) -> ScoredBatch:
         chunks = [c for c in chunks if len(c.batch)]
         batch = TransactionBatch.concat([c.batch for c in chunks])
         received = np.concatenate([np.full(len(c.batch), c.received_at) for c in chunks])
@@ -318,8 +346,11 @@ class Pipeline:
         ids = [tx_id for batch, _, _ in pending for tx_id in batch.transaction_id]
         unknown = [i for i in ids if i not in self._recent]
         if unknown:
-            for row in await store.fetch_decisions(self.pool, ids=unknown):
-                self._remember(row)
+            # Usually none is stored: ask for the ids alone, the rows only when some are.
+            stored = await store.fetch_decided_ids(self.pool, ids=unknown)
+            if stored:
+                for row in await store.fetch_decisions(self.pool, ids=sorted(stored)):
+                    self._remember(row)
         new_chunks, fresh = [], set()
         for batch, received, _ in pending:
             keep = []
@@ -329,14 +360,53 @@ class Pipeline:
                     keep.append(i)
             if keep:
                 new_chunks.append(Chunk(batch.take(np.array(keep, dtype=np.intp)), received))
+        scored = None
         if new_chunks:
-            scored = await loop.run_in_executor(self._executor, self._score, new_chunks)
+            rows = sum(len(c.batch) for c in new_chunks)
+            if rows <= _INLINE_ROWS and self._state_lock.acquire(blocking=False):
+                try:  # a fraction of a millisecond: cheaper than the hop to the thread
+                    scored = self._score_locked(new_chunks)
+                finally:
+                    self._state_lock.release()
+            else:
+                scored = await loop.run_in_executor(self._executor, self._score, new_chunks)
             for i in range(len(scored)):
                 self._remember(scored.row(i))
-            await self._writes.put(scored)
+        # Answer first: the decision is made and remembered (a repeat gets the same answer);
+        # committing it may wait for a writer, and the next group waits here with it.
         for batch, _, future in pending:
             if not future.done():
                 future.set_result([self._recent[t] for t in batch.transaction_id])
+        if scored is not None:
+            while self._decided_rows >= _DECISIONS_WAITING_MAX:
+                self._decided_room.clear()
+                await self._decided_room.wait()
+            self._decided.append(scored)
+            self._decided_rows += len(scored)
+            self._decided_ready.set()
+
+    async def _feed_decisions(self) -> None:
+        """Hand the decided groups to the writers, merged by model version, as they free up."""
+        wait_seconds = self.settings.batch_max_wait_ms / 1000.0
+        while True:
+            await self._decided_ready.wait()
+            self._decided_ready.clear()
+            # Like the stream's micro-batches: gather for up to the batch wait, so one write
+            # carries many decisions (each write costs two COPYs and a commit whatever its size).
+            if not self._decisions_closed and self._decided_rows < self.settings.batch_max_size:
+                await asyncio.sleep(wait_seconds)
+            while self._decided:
+                waiting, self._decided, self._decided_rows = self._decided, [], 0
+                self._decided_room.set()
+                start = 0
+                for end in range(1, len(waiting) + 1):
+                    if end == len(waiting) or (
+                        waiting[end].model_version != waiting[start].model_version
+                    ):
+                        await self._writes.put(ScoredBatch.concat(waiting[start:end]))
+                        start = end
+            if self._decisions_closed:
+                return
 
     def _remember(self, row: dict[str, Any]) -> None:
         self._recent[row["transaction_id"]] = row
@@ -477,14 +547,20 @@ class Pipeline:
             log.info("labels.unmatched count=%d", len(labels) - len(stored))
         if not stored.empty:
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._executor, self.scorer.add_labels, stored)
+            await loop.run_in_executor(self._executor, self._locked, self.scorer.add_labels, stored)
             for source, count in stored["source"].value_counts().items():
                 self.metrics.labels.labels(source=str(source)).inc(int(count))
         return stored
 
     async def run_on_scoring_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run `fn` where the feature state lives (reads of the state must not race updates)."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._locked, fn, *args
+        )
+
+    def _locked(self, fn: Callable[..., Any], *args: Any) -> Any:
+        with self._state_lock:
+            return fn(*args)
 
     def swap_model(self, model: Any) -> None:
         self.scorer.swap_model(model)

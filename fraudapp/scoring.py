@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,7 +29,7 @@ class ScoredBatch:
 
     transactions: TransactionBatch
     received_at: np.ndarray  # float64, epoch seconds when each transaction entered fraudapp
-    decided_at: float  # epoch seconds
+    decided_at: np.ndarray  # float64, epoch seconds when each was decided
     probability: np.ndarray  # float32
     score: np.ndarray  # int16, 0–99
     decision: np.ndarray  # object: approve / review / decline
@@ -46,6 +47,31 @@ class ScoredBatch:
     def risky(self) -> np.ndarray:
         """Indices of the rows that were not approved."""
         return np.flatnonzero(self.decision != APPROVE)
+
+    @classmethod
+    def concat(cls, batches: Sequence[ScoredBatch]) -> ScoredBatch:
+        """One batch of several scored by the same model version (for one write)."""
+        first = batches[0]
+        if len(batches) == 1:
+            return first
+        if any(b.model_version != first.model_version for b in batches):
+            raise ValueError("cannot merge batches scored by different model versions")
+        return cls(
+            transactions=TransactionBatch.concat([b.transactions for b in batches]),
+            received_at=np.concatenate([b.received_at for b in batches]),
+            decided_at=np.concatenate([b.decided_at for b in batches]),
+            probability=np.concatenate([b.probability for b in batches]),
+            score=np.concatenate([b.score for b in batches]),
+            decision=np.concatenate([b.decision for b in batches]),
+            rule=np.concatenate([b.rule for b in batches]),
+            reasons=[r for b in batches for r in b.reasons],
+            features=np.concatenate([b.features for b in batches]),
+            feature_names=first.feature_names,
+            model_version=first.model_version,
+            timings_ms={
+                k: sum(b.timings_ms.get(k, 0.0) for b in batches) for k in first.timings_ms
+            },
+        )
 
     def reasons_json(self) -> list[str]:
         return [json.dumps(r) if r else NO_REASONS for r in self.reasons]
@@ -68,7 +94,7 @@ class ScoredBatch:
             "rule": self.rule[i],
             "reasons": self.reasons[i],
             "model_version": self.model_version,
-            "latency_ms": float((self.decided_at - self.received_at[i]) * 1000.0),
+            "latency_ms": float((self.decided_at[i] - self.received_at[i]) * 1000.0),
         }
 
 
@@ -124,7 +150,7 @@ class Scorer:
         return ScoredBatch(
             transactions=batch,
             received_at=received_at,
-            decided_at=time.time(),
+            decided_at=np.full(len(batch), time.time()),
             probability=probability,
             score=score,
             decision=policy.decision,

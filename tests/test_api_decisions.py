@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -66,6 +68,57 @@ async def test_the_same_id_twice_returns_the_first_decision_and_stores_one_row(
     assert third.json()["score"] == first.json()["score"]
     assert await pool.fetchval("SELECT count(*) FROM decision WHERE transaction_id='d-2'") == 1
     assert float(await pool.fetchval("SELECT amount FROM transaction")) == 42.5
+
+
+async def test_the_fast_path_and_the_route_answer_alike(
+    app_client: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    """`application/json` is answered by the ASGI fast path; a `+json` type goes to the route.
+    Both must give the same decision in the same shape, whichever answers first."""
+    routed = {"content-type": "application/vnd.fraudapp+json"}
+    fast = await app_client.post("/api/v1/decisions", json=transaction("fp-1"), headers=SCORE)
+    again = await app_client.post(
+        "/api/v1/decisions", content=_json(transaction("fp-1")), headers=SCORE | routed
+    )
+    assert fast.status_code == again.status_code == 200, again.text
+    assert fast.headers["content-type"] == again.headers["content-type"] == "application/json"
+    first, second = fast.json(), again.json()
+    assert set(first) == set(second)
+    assert {k: v for k, v in first.items() if k != "server_time"} == {
+        k: v for k, v in second.items() if k != "server_time"
+    }
+
+    # A body that arrives in pieces is read whole; an invalid one is replayed to the route,
+    # which names the field.
+    async def pieces(payload: dict[str, Any]) -> AsyncIterator[bytes]:
+        encoded = _json(payload)
+        yield encoded[:10]
+        yield encoded[10:]
+
+    json_type = {"content-type": "application/json"}
+    chunked = await app_client.post(
+        "/api/v1/decisions", content=pieces(transaction("fp-2")), headers=SCORE | json_type
+    )
+    assert chunked.status_code == 200, chunked.text
+    assert chunked.json()["transaction_id"] == "fp-2"
+    invalid = await app_client.post(
+        "/api/v1/decisions",
+        content=pieces(transaction("fp-3", amount=-1)),
+        headers=SCORE | json_type,
+    )
+    assert invalid.status_code == 422
+    assert "body.amount: must be greater than 0" in invalid.json()["detail"]
+    await wait_until(lambda: _stored_is(pool, 2))
+    ids = await pool.fetch("SELECT transaction_id FROM decision ORDER BY transaction_id")
+    assert [r["transaction_id"] for r in ids] == ["fp-1", "fp-2"]
+
+
+def _json(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload).encode()
+
+
+async def _stored_is(pool: asyncpg.Pool, count: int) -> bool:
+    return await stored_count(pool) == count
 
 
 async def test_optional_fields_are_stored_as_given(

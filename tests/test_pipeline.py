@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import threading
 from collections.abc import AsyncIterator
@@ -26,7 +27,7 @@ from fraudapp.metrics import PipelineMetrics
 from fraudapp.model import ServingModel, load_champion
 from fraudapp.pipeline import Feed, Pipeline
 from fraudapp.policy import ListEntry, Policy
-from fraudapp.scoring import Scorer
+from fraudapp.scoring import ScoredBatch, Scorer
 from fraudapp.settings import Settings
 from fraudapp.transactions import TransactionBatch
 
@@ -361,6 +362,39 @@ async def test_sync_decisions_are_idempotent_and_share_a_model_call(
     assert again == first[3]
     await wait_until(lambda: pipeline.metrics.committed_total == 40)
     assert await count(pool, "decision") == 40
+
+
+async def test_decisions_answered_before_their_write_are_merged_and_kept_at_shutdown(
+    make_pipeline: PipelineFactory,
+    pool: asyncpg.Pool,
+    redis_client: aioredis.Redis,
+    history: pd.DataFrame,
+) -> None:
+    pipeline = make_pipeline(redis_client, batch_max_wait_ms=50)
+    answers = [await pipeline.decide(b) for b in batches(history.iloc[:30], 1)]
+    assert [a[0]["transaction_id"] for a in answers] == list(history["transaction_id"][:30])
+    await pipeline.stop()  # at once: the answered decisions still commit
+    assert await count(pool, "decision") == 30
+    writes = pipeline.metrics.registry.get_sample_value("fraudapp_batch_size_count")
+    assert writes is not None and writes < 30, "one request a write: the groups were not merged"
+    stored = await pool.fetch("SELECT transaction_id, score FROM decision")
+    assert {r["transaction_id"]: r["score"] for r in stored} == {
+        a[0]["transaction_id"]: a[0]["score"] for a in answers
+    }
+
+
+def test_scored_batches_merge_only_within_one_model_version(
+    serving_model: ServingModel, history: pd.DataFrame
+) -> None:
+    policy = Policy(review_score=50, decline_score=90)
+    scorer = Scorer(FeatureState(FeatureConfig()), serving_model, policy, reasons_top=3)
+    parts = [scorer.score(b, received_at=np.full(len(b), 1.0)) for b in batches(history[:25], 10)]
+    merged = ScoredBatch.concat(parts)
+    assert len(merged) == 25
+    assert [merged.row(i) for i in range(25)] == [p.row(i) for p in parts for i in range(len(p))]
+    other = dataclasses.replace(parts[1], model_version="other")
+    with pytest.raises(ValueError, match="different model versions"):
+        ScoredBatch.concat([parts[0], other])
 
 
 async def test_a_crashing_task_is_restarted_and_reported(

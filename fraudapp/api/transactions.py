@@ -25,6 +25,7 @@ from fraudapp.auth import ReaderDep, ScoreDep
 from fraudapp.deps import RuntimeDep
 from fraudapp.errors import Conflict, InvalidInput, NotFound
 from fraudapp.operations import running_pipeline
+from fraudapp.pipeline import Pipeline
 from fraudapp.store import reads
 from fraudapp.transactions import TransactionBatch
 
@@ -118,7 +119,7 @@ def to_batch(transactions: list[TransactionIn], now: datetime) -> TransactionBat
 
 
 class Reason(BaseModel):
-    code: str = Field(examples=["AMOUNT_TO_CUSTOMER_MEAN_30D"])
+    code: str = Field(examples=["CUSTOMER_AMOUNT_RATIO_30D"])
     feature: str
     value: float | None
     text: str = Field(examples=["amount is 6.2× this customer's 30-day mean"])
@@ -149,22 +150,23 @@ async def create_decision(
     """Features from the live state, the champion model, the policy and the reasons; the
     transaction is then stored and updates the feature state like any other. Sending the same
     `transaction_id` again returns the first decision."""
-    pipeline = running_pipeline(runtime)
-    now = datetime.now(UTC)
-    (row,) = await pipeline.decide(to_batch([transaction], now))
-    return JSONBytes(
-        {
-            "transaction_id": row["transaction_id"],
-            "decision": row["decision"],
-            "score": row["score"],
-            "probability": row["probability"],
-            "rule": row["rule"],
-            "reasons": row["reasons"],
-            "model_version": row["model_version"],
-            "timestamp": row["timestamp"],
-            "server_time": datetime.now(UTC),
-        }
-    )
+    return JSONBytes(await decide_one(running_pipeline(runtime), transaction))
+
+
+async def decide_one(pipeline: Pipeline, transaction: TransactionIn) -> dict[str, Any]:
+    """The `DecisionOut` of one transaction (shared with `fraudapp.api.fastpath`)."""
+    (row,) = await pipeline.decide(to_batch([transaction], datetime.now(UTC)))
+    return {
+        "transaction_id": row["transaction_id"],
+        "decision": row["decision"],
+        "score": row["score"],
+        "probability": row["probability"],
+        "rule": row["rule"],
+        "reasons": row["reasons"],
+        "model_version": row["model_version"],
+        "timestamp": row["timestamp"],
+        "server_time": datetime.now(UTC),
+    }
 
 
 class IngestIn(BaseModel):

@@ -22,12 +22,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from numba import njit
 
 US_MINUTE = 60_000_000
 US_HOUR = 60 * US_MINUTE
@@ -374,21 +376,44 @@ def micro_degrees(degrees: np.ndarray | None, n: int) -> np.ndarray:
     return np.where(known, np.rint(np.where(known, values, 0.0) * 1e6), NO_PLACE).astype(np.int64)
 
 
-def haversine_km(
-    lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.ndarray
-) -> np.ndarray:
-    p1, p2 = np.radians(lat1), np.radians(lat2)
-    a = (
-        np.sin((p2 - p1) / 2) ** 2
-        + np.cos(p1) * np.cos(p2) * np.sin(np.radians(lon2 - lon1) / 2) ** 2
-    )
-    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
-
-
-def share(numerator: np.ndarray, denominator: np.ndarray, default: float) -> np.ndarray:
-    """numerator / denominator where denominator > 0, else `default` (no warnings, no NaN)."""
-    out = np.full(len(numerator), default, dtype=np.float64)
-    return np.divide(numerator, denominator, out=out, where=denominator > 0)
+# The columns `_finish_rows` writes, in this order (all of FEATURE_NAMES).
+_FINISH_ORDER = (
+    "amount",
+    "log_amount",
+    "is_night",
+    "is_weekend",
+    "is_online",
+    "customer_count_10min",
+    "customer_count_1h",
+    "customer_amount_sum_1h",
+    "customer_terminals_1h",
+    "customer_count_1d",
+    "customer_mean_amount_1d",
+    "customer_count_7d",
+    "customer_mean_amount_7d",
+    "customer_count_30d",
+    "customer_mean_amount_30d",
+    "customer_amount_ratio_30d",
+    "customer_amount_zscore_30d",
+    "customer_amount_vs_typical_30d",
+    "customer_online_share_30d",
+    "customer_seconds_since_prev",
+    "customer_new_terminal",
+    "customer_km_from_home",
+    "customer_km_from_prev",
+    "customer_speed_kmh",
+    "terminal_count_1d",
+    "terminal_risk_1d",
+    "terminal_count_7d",
+    "terminal_risk_7d",
+    "terminal_count_30d",
+    "terminal_risk_30d",
+    "terminal_known_frauds_30d",
+    "terminal_known_fraud_share_30d",
+    "terminal_amount_vs_typical_30d",
+)
+assert sorted(_FINISH_ORDER) == sorted(FEATURE_NAMES), "every feature is finished exactly once"
+_FINISH_COLUMNS = np.array([COLUMN[name] for name in _FINISH_ORDER], dtype=np.int64)
 
 
 def finish(
@@ -403,86 +428,105 @@ def finish(
 ) -> np.ndarray:
     """Features (n, len(FEATURE_NAMES)) float64 from aggregates (n, N_AGGREGATES) and the
     transactions' own columns. The only place features are derived: executors whose
-    aggregates agree give identical features."""
+    aggregates agree give identical features. Compiled, one row at a time: a single-row
+    decision costs microseconds here, not the ~200 µs of a hundred numpy calls."""
     n = len(agg)
-    a = agg.astype(np.float64)
-    amount = np.asarray(amount, dtype=np.float64)
-    f = np.empty((n, len(FEATURE_NAMES)), order="F")  # written column by column
-
-    def put(name: str, values: Any) -> None:
-        f[:, COLUMN[name]] = values
-
-    put("amount", amount)
-    put("log_amount", np.log1p(amount))
-    hour = (time // US_HOUR) % 24
-    put("is_night", (hour < 6) | (hour >= 22))
-    put("is_weekend", (time // US_DAY + 3) % 7 >= 5)  # 1970-01-01 was a Thursday
-    put("is_online", online)
-    put("customer_count_10min", a[:, A_COUNT_10MIN])
-    put("customer_count_1h", a[:, A_COUNT_1H])
-    put("customer_amount_sum_1h", a[:, A_CENTS_1H] / 100.0)
-    put("customer_terminals_1h", a[:, A_TERMINALS_1H])
-    for window, count_at, cents_at in (
-        ("1d", A_COUNT_1D, A_CENTS_1D),
-        ("7d", A_COUNT_7D, A_CENTS_7D),
-        ("30d", A_COUNT_30D, A_CENTS_30D),
-    ):
-        put(f"customer_count_{window}", a[:, count_at])
-        put(f"customer_mean_amount_{window}", share(a[:, cents_at] / 100.0, a[:, count_at], 0.0))
-
-    count, cents = a[:, A_COUNT_30D], a[:, A_CENTS_30D]
-    mean = f[:, COLUMN["customer_mean_amount_30d"]]
-    put("customer_amount_ratio_30d", share(amount, mean, 1.0))
-    variance = np.maximum(
-        share(a[:, A_SQUARES_30D] - cents * share(cents, count, 0.0), count, 0), 0.0
+    f = np.empty((n, len(FEATURE_NAMES)))
+    _finish_rows(
+        np.ascontiguousarray(agg, dtype=np.int64),
+        np.ascontiguousarray(amount, dtype=np.float64),
+        np.ascontiguousarray(time, dtype=np.int64),
+        np.ascontiguousarray(lat, dtype=np.int64),
+        np.ascontiguousarray(lon, dtype=np.int64),
+        np.ascontiguousarray(online, dtype=np.bool_),
+        float(config.speed_min_seconds),
+        float(config.speed_cap_kmh),
+        _FINISH_COLUMNS,
+        f,
     )
-    std = np.where(count >= 2, np.sqrt(variance) / 100.0, 0.0)
-    put(
-        "customer_amount_zscore_30d",
-        np.clip(share(amount - mean, std, 0.0), -ZSCORE_CAP, ZSCORE_CAP),
-    )
-
-    log_amount = log_units_of(cents_of(amount)) / LOG_UNITS
-    typical = share(a[:, A_LOG_30D] / LOG_UNITS, count, 0.0)  # ln of the geometric mean
-    put("customer_amount_vs_typical_30d", np.where(count > 0, np.exp(log_amount - typical), 1.0))
-    put("customer_online_share_30d", share(a[:, A_ONLINE_30D], count, 0.0))
-
-    prev_time = agg[:, A_PREV_TIME]
-    has_prev = prev_time != NO_TIME
-    gap = np.clip(time - np.where(has_prev, prev_time, time), 0, None)
-    recent = has_prev & (gap < HORIZON_DAYS * US_DAY)
-    seconds = np.where(recent, gap / 1e6, HORIZON_DAYS * 86_400.0)
-    put("customer_seconds_since_prev", seconds)
-    put("customer_new_terminal", a[:, A_NEW_TERMINAL])
-
-    located = lat != NO_PLACE
-    lat_deg, lon_deg = lat / 1e6, lon / 1e6
-    has_home = located & (agg[:, A_LOCATED_30D] > 0)
-    home_lat = share(a[:, A_LAT_30D], a[:, A_LOCATED_30D] * 1e6, 0.0)
-    home_lon = share(a[:, A_LON_30D], a[:, A_LOCATED_30D] * 1e6, 0.0)
-    put(
-        "customer_km_from_home",
-        np.where(has_home, haversine_km(lat_deg, lon_deg, home_lat, home_lon), 0.0),
-    )
-    has_prev_place = recent & located & (agg[:, A_PREV_LAT] != NO_PLACE)
-    km = np.where(
-        has_prev_place,
-        haversine_km(lat_deg, lon_deg, a[:, A_PREV_LAT] / 1e6, a[:, A_PREV_LON] / 1e6),
-        0.0,
-    )
-    put("customer_km_from_prev", km)
-    hours = np.maximum(seconds, config.speed_min_seconds) / 3600.0
-    put("customer_speed_kmh", np.minimum(km / hours, config.speed_cap_kmh))
-
-    for k, w in enumerate(TERMINAL_WINDOWS_DAYS):
-        txs = a[:, A_TERMINAL_COUNT_1D + 2 * k]
-        frauds = np.maximum(a[:, A_TERMINAL_COUNT_1D + 2 * k + 1], 0.0)
-        put(f"terminal_count_{w}d", txs)
-        put(f"terminal_risk_{w}d", np.minimum(share(frauds, txs, 0.0), 1.0))
-    put("terminal_known_frauds_30d", np.maximum(a[:, A_TERMINAL_KNOWN_FRAUDS_30D], 0.0))
-    seen = a[:, A_TERMINAL_RECENT_30D]
-    known = np.maximum(a[:, A_TERMINAL_KNOWN_FRAUDS_30D], 0.0)
-    put("terminal_known_fraud_share_30d", np.minimum(share(known, seen, 0.0), 1.0))
-    usual = share(a[:, A_TERMINAL_LOG_30D] / LOG_UNITS, seen, 0.0)
-    put("terminal_amount_vs_typical_30d", np.where(seen > 0, np.exp(log_amount - usual), 1.0))
     return f
+
+
+@njit(cache=True, inline="always")
+def _share(numerator: float, denominator: float, default: float) -> float:
+    return numerator / denominator if denominator > 0 else default
+
+
+@njit(cache=True, inline="always")
+def _haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    a = (
+        math.sin((p2 - p1) / 2) ** 2
+        + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2
+    )
+    return 2 * EARTH_RADIUS_KM * math.asin(math.sqrt(min(max(a, 0.0), 1.0)))
+
+
+@njit(cache=True)
+def _finish_rows(agg, amount, time, lat, lon, online, speed_min, speed_cap, columns, f):
+    for i in range(agg.shape[0]):
+        a = agg[i]
+        x = amount[i]
+        cents = max(round(x * 100.0), 1)
+        log_amount = round(math.log(cents / 100.0) * LOG_UNITS) / LOG_UNITS
+        hour = (time[i] // US_HOUR) % 24
+        count = float(a[A_COUNT_30D])
+        sums = float(a[A_CENTS_30D])
+        mean_30d = _share(sums / 100.0, count, 0.0)
+        variance = max(_share(a[A_SQUARES_30D] - sums * _share(sums, count, 0.0), count, 0.0), 0.0)
+        std = math.sqrt(variance) / 100.0 if count >= 2 else 0.0
+        zscore = min(max(_share(x - mean_30d, std, 0.0), -ZSCORE_CAP), ZSCORE_CAP)
+        typical = _share(a[A_LOG_30D] / LOG_UNITS, count, 0.0)
+
+        prev_time = a[A_PREV_TIME]
+        has_prev = prev_time != NO_TIME
+        gap = max(time[i] - (prev_time if has_prev else time[i]), 0)
+        recent = has_prev and gap < HORIZON_DAYS * US_DAY
+        seconds = gap / 1e6 if recent else HORIZON_DAYS * 86_400.0
+        located = lat[i] != NO_PLACE
+        lat_deg, lon_deg = lat[i] / 1e6, lon[i] / 1e6
+        km_home = 0.0
+        if located and a[A_LOCATED_30D] > 0:
+            home_lat = a[A_LAT_30D] / (a[A_LOCATED_30D] * 1e6)
+            home_lon = a[A_LON_30D] / (a[A_LOCATED_30D] * 1e6)
+            km_home = _haversine_km(lat_deg, lon_deg, home_lat, home_lon)
+        km_prev = 0.0
+        if recent and located and a[A_PREV_LAT] != NO_PLACE:
+            km_prev = _haversine_km(lat_deg, lon_deg, a[A_PREV_LAT] / 1e6, a[A_PREV_LON] / 1e6)
+        hours = max(seconds, speed_min) / 3600.0
+
+        seen = float(a[A_TERMINAL_RECENT_30D])
+        known = float(max(a[A_TERMINAL_KNOWN_FRAUDS_30D], 0))
+        usual = _share(a[A_TERMINAL_LOG_30D] / LOG_UNITS, seen, 0.0)
+        out = f[i]
+        out[columns[0]] = x
+        out[columns[1]] = math.log1p(x)
+        out[columns[2]] = 1.0 if hour < 6 or hour >= 22 else 0.0
+        out[columns[3]] = 1.0 if (time[i] // US_DAY + 3) % 7 >= 5 else 0.0  # 1970-01-01: Thu
+        out[columns[4]] = 1.0 if online[i] else 0.0
+        out[columns[5]] = a[A_COUNT_10MIN]
+        out[columns[6]] = a[A_COUNT_1H]
+        out[columns[7]] = a[A_CENTS_1H] / 100.0
+        out[columns[8]] = a[A_TERMINALS_1H]
+        out[columns[9]] = a[A_COUNT_1D]
+        out[columns[10]] = _share(a[A_CENTS_1D] / 100.0, float(a[A_COUNT_1D]), 0.0)
+        out[columns[11]] = a[A_COUNT_7D]
+        out[columns[12]] = _share(a[A_CENTS_7D] / 100.0, float(a[A_COUNT_7D]), 0.0)
+        out[columns[13]] = count
+        out[columns[14]] = mean_30d
+        out[columns[15]] = _share(x, mean_30d, 1.0)
+        out[columns[16]] = zscore
+        out[columns[17]] = math.exp(log_amount - typical) if count > 0 else 1.0
+        out[columns[18]] = _share(float(a[A_ONLINE_30D]), count, 0.0)
+        out[columns[19]] = seconds
+        out[columns[20]] = a[A_NEW_TERMINAL]
+        out[columns[21]] = km_home
+        out[columns[22]] = km_prev
+        out[columns[23]] = min(km_prev / hours, speed_cap)
+        for k in range(len(TERMINAL_WINDOWS_DAYS)):
+            txs, frauds = a[A_TERMINAL_COUNT_1D + 2 * k], a[A_TERMINAL_COUNT_1D + 2 * k + 1]
+            out[columns[24 + 2 * k]] = txs
+            out[columns[25 + 2 * k]] = min(_share(float(max(frauds, 0)), float(txs), 0.0), 1.0)
+        out[columns[30]] = known
+        out[columns[31]] = min(_share(known, seen, 0.0), 1.0)
+        out[columns[32]] = math.exp(log_amount - usual) if seen > 0 else 1.0

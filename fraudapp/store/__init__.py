@@ -8,7 +8,6 @@ the API and the dashboard aggregate in SQL.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -134,9 +133,12 @@ async def insert_scored(conn: asyncpg.Connection, *, scored: ScoredBatch) -> int
 
 
 async def _copy(conn: asyncpg.Connection, rows: copy.CopyData) -> None:
-    await conn.copy_to_table(
-        rows.table, source=io.BytesIO(rows.data), columns=list(rows.columns), format="binary"
-    )
+    # An async iterable, not a file: asyncpg reads a file object through the default thread
+    # pool, a thread hop (and a GIL hand-over) per chunk of every COPY.
+    async def data() -> AsyncIterator[bytes]:
+        yield rows.data
+
+    await conn.copy_to_table(rows.table, source=data(), columns=list(rows.columns), format="binary")
 
 
 async def _insert_scored_deduplicated(conn: asyncpg.Connection, scored: ScoredBatch) -> int:
@@ -318,6 +320,13 @@ def decision_row(record: asyncpg.Record) -> dict[str, Any]:
     row["probability"] = float(row["probability"])
     row["latency_ms"] = float(row["latency_ms"])
     return row
+
+
+async def fetch_decided_ids(db: Executor, *, ids: Sequence[str]) -> set[str]:
+    rows = await db.fetch(
+        "SELECT transaction_id FROM decision WHERE transaction_id = ANY($1::text[])", ids
+    )
+    return {r["transaction_id"] for r in rows}
 
 
 async def fetch_decisions(db: Executor, *, ids: Sequence[str]) -> list[dict[str, Any]]:

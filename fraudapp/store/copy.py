@@ -14,8 +14,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 from pgpq import ArrowToPostgresBinaryEncoder
-from pgpq.encoders import StringEncoderBuilder
-from pgpq.schema import Jsonb
 
 if TYPE_CHECKING:
     from fraudapp.scoring import ScoredBatch
@@ -33,19 +31,20 @@ class CopyData:
     data: bytes
 
 
-def _encode(table: str, columns: dict[str, pa.Array], *, jsonb: Sequence[str] = ()) -> CopyData:
+def _encode(table: str, columns: dict[str, pa.Array]) -> CopyData:
     record = pa.RecordBatch.from_pydict(columns)
-    encoders = {
-        f.name: (
-            StringEncoderBuilder.new_with_output(f, Jsonb())
-            if f.name in jsonb
-            else ArrowToPostgresBinaryEncoder.infer_encoder(f)
-        )
-        for f in record.schema
-    }
-    encoder = ArrowToPostgresBinaryEncoder.new_with_encoders(record.schema, encoders)
+    encoder = ArrowToPostgresBinaryEncoder(record.schema)
     data = b"".join((encoder.write_header(), encoder.write_batch(record), encoder.finish()))
     return CopyData(table, tuple(record.schema.names), data)
+
+
+def _jsonb(documents: Sequence[str]) -> pa.Array:
+    """JSON texts in jsonb's binary wire format: a version byte (1), then the text.
+
+    Sent as plain binary values: the encoder with an explicit jsonb output costs ~0.35 ms to
+    build per batch against ~7 µs for the inferred one, and the bytes on the wire are the same.
+    """
+    return pa.array([b"\x01" + d.encode() for d in documents], type=pa.binary())
 
 
 def _text(values: np.ndarray) -> pa.Array:
@@ -111,10 +110,9 @@ def decision_copy(scored: ScoredBatch, *, table: str = "decision") -> CopyData:
             "score": pa.array(np.asarray(scored.score, dtype=np.int16)),
             "decision": _text(scored.decision),
             "rule": _text(scored.rule),
-            "reasons": pa.array(scored.reasons_json(), type=pa.string()),
+            "reasons": _jsonb(scored.reasons_json()),
             "model_version": _repeated(scored.model_version, n),
             "features": _rows_as_bytea(np.asarray(scored.features, dtype="<f4")),
             "latency_ms": pa.array(latency_ms.astype(np.float32)),
         },
-        jsonb=("reasons",),
     )

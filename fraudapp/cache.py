@@ -1,8 +1,13 @@
-"""Redis: the live cache of high-risk customers and the live counters.
+"""Redis: the live cache of high-risk customers and the live decision counters.
 
-An optimisation that fails open: every write catches `RedisError`, logs a warning and returns,
-so scoring never stops for Redis; PostgreSQL stays the source of truth. Keys carry a versioned
-prefix from settings, and every key written has a TTL.
+An optimisation that fails open: the pipeline catches the `RedisError` of a write here, logs a
+warning and retries later, so scoring never stops for Redis; PostgreSQL stays the source of
+truth. Keys carry a versioned prefix from settings. Only the customer summaries
+(`customer:<id>`) have a Redis TTL, `FRAUDAPP_CACHE_TTL_SECONDS`, renewed at each write of the
+customer's latest risky decision. The sorted sets `high_risk` and `high_risk:seen` have none: the
+pipeline's janitor (`expire_high_risk`) removes a customer from both once that decision is older
+than the TTL. `counters` never expires: running totals since the key was created, one field per
+decision, so it stays small.
 """
 
 from __future__ import annotations

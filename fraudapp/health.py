@@ -7,10 +7,11 @@ cache fails open.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from fraudapp import cache, store
 from fraudapp.deps import RuntimeDep
@@ -23,7 +24,32 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness of database, redis, model and pipeline")
+class ComponentOut(BaseModel):
+    """One component's readiness, with what it reports about itself."""
+
+    model_config = ConfigDict(extra="allow")
+
+    ready: bool
+
+
+class ReadinessOut(BaseModel):
+    """The same body with 200 (ready) and 503 (not ready)."""
+
+    status: Literal["ready", "not_ready"]
+    components: dict[str, ComponentOut] = Field(
+        description="database, redis, model and pipeline; redis has `required: false`"
+    )
+
+
+@router.get(
+    "/readyz",
+    summary="Readiness of database, redis, model and pipeline",
+    response_model=ReadinessOut,
+    responses={
+        200: {"description": "Ready: the database, the model and the pipeline are"},
+        503: {"model": ReadinessOut, "description": "Not ready: see each component"},
+    },
+)
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
     components: dict[str, dict[str, Any]] = {}
     try:

@@ -57,7 +57,8 @@ class PipelineMetrics:
         )
         self.dead_letters = Counter(
             "fraudapp_dead_letter_transactions",
-            "Transactions the database refused, kept in the data dir's dead_letter folder.",
+            "Transactions kept in the data dir's dead_letter folder: refused by the database,"
+            " or failed to de-duplicate or score.",
             registry=self.registry,
         )
         self.cache_errors = Counter(

@@ -266,17 +266,38 @@ class Pipeline:
         return chunks
 
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             chunks = await self._next_batch()
             try:
-                chunks = await self._without_stored(chunks)
-                if sum(len(c.batch) for c in chunks):
-                    scored = await loop.run_in_executor(self._executor, self._score, chunks)
-                    await self._writes.put(scored)
+                await self._score_chunks(chunks)
             finally:
                 for _ in range(len(chunks)):
                     self.queue.task_done()
+
+    async def _score_chunks(self, chunks: list[Chunk]) -> None:
+        """De-duplicate and score one micro-batch and hand it to the writers.
+
+        A batch that fails here for any reason but PostgreSQL being away (a bug in feature code
+        on odd input, say) is kept in the dead-letter folder with the error, and the worker goes
+        on with the next one.
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            chunks = await self._without_stored(chunks)
+            if not sum(len(c.batch) for c in chunks):
+                return
+            scored = await loop.run_in_executor(self._executor, self._score, chunks)
+        except Exception as exc:
+            batches = [c.batch for c in chunks if len(c.batch)]
+            if not batches:
+                log.exception("worker.failed rows=0")
+                return
+            batch = TransactionBatch.concat(batches)
+            path = await asyncio.to_thread(self._dead_letter, batch, exc)
+            self.failures["worker"] = f"{type(exc).__name__}: {exc} (kept in {path})"
+            log.exception("worker.dead_letter rows=%d path=%s", len(batch), path)
+            return
+        await self._writes.put(scored)
 
     def _score(self, chunks: list[Chunk]) -> ScoredBatch:
         with self._state_lock:
@@ -294,7 +315,7 @@ class Pipeline:
         if not checked:
             return chunks
         ids = np.concatenate([c.batch.transaction_id for c in checked]).tolist()
-        seen = await store.fetch_stored_ids(self.pool, ids=ids)
+        seen = await self._fetch_stored_ids(ids)
         seen.update(i for i in ids if i in self._recent)
         result = []
         for chunk in chunks:
@@ -310,6 +331,27 @@ class Pipeline:
                 log.info("pipeline.duplicates_skipped count=%d", len(chunk.batch) - len(keep))
             result.append(Chunk(chunk.batch.take(np.array(keep, dtype=np.intp)), chunk.received_at))
         return result
+
+    async def _fetch_stored_ids(self, ids: list[str]) -> set[str]:
+        """The stored ids among `ids`, retrying with backoff while PostgreSQL is away.
+
+        The batch waits here, like a write does: the queue fills and producers wait.
+        """
+        delay, retried = 0.1, False
+        while True:
+            try:
+                seen = await store.fetch_stored_ids(self.pool, ids=ids)
+            except RETRYABLE_WRITE_ERRORS as exc:
+                self.database_error = f"{type(exc).__name__}: {exc}"
+                log.warning("worker.retry rows=%d in_s=%.1f error=%s", len(ids), delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.writer_retry_max_seconds)
+                retried = True
+                continue
+            if retried:
+                log.info("worker.database_back")
+                self.database_error = None
+            return seen
 
     # --- synchronous decisions ---------------------------------------------------------------
     async def decide(self, batch: TransactionBatch) -> list[dict[str, Any]]:
@@ -463,13 +505,17 @@ class Pipeline:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.writer_retry_max_seconds)
 
-    def _dead_letter(self, scored: ScoredBatch, error: BaseException) -> Path:
+    def _dead_letter(self, batch: ScoredBatch | TransactionBatch, error: BaseException) -> Path:
+        """Keep a batch that cannot go on as Parquet with its error; unscored, it has no score."""
         folder = self.settings.data_dir / "dead_letter"
         folder.mkdir(parents=True, exist_ok=True)
-        frame = scored.transactions.to_frame()
-        frame["score"] = scored.score
-        frame["decision"] = scored.decision
-        frame["model_version"] = scored.model_version
+        if isinstance(batch, ScoredBatch):
+            frame = batch.transactions.to_frame()
+            frame["score"] = batch.score
+            frame["decision"] = batch.decision
+            frame["model_version"] = batch.model_version
+        else:
+            frame = batch.to_frame()
         frame["error"] = f"{type(error).__name__}: {error}"
         path = folder / f"batch-{time.time_ns()}.parquet"
         frame.to_parquet(path)

@@ -27,13 +27,14 @@ def transaction(tx_id: str, **fields: Any) -> dict[str, Any]:
 
 @asynccontextmanager
 async def running_app(
-    settings: Settings, *, wait_ready: bool = True
+    settings: Settings, *, wait_ready: bool = True, raise_app_exceptions: bool = True
 ) -> AsyncIterator[httpx.AsyncClient]:
     """An app on `settings`, started (and ready), with an httpx client whose `runtime` is the
-    lifespan's Runtime."""
+    lifespan's Runtime. `raise_app_exceptions=False` gets the 500 answer of an unexpected error
+    instead of the exception Starlette re-raises after answering."""
     app = create_app(settings)
     async with LifespanManager(app, startup_timeout=120, shutdown_timeout=60) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
+        transport = httpx.ASGITransport(app=manager.app, raise_app_exceptions=raise_app_exceptions)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             client.runtime = manager._state["runtime"]  # type: ignore[attr-defined]
             if wait_ready:

@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 
 from fraudapp import auth
 from fraudapp.settings import Settings
+from fraudapp.store import reads
 
 from .api_support import ADMIN, ANALYST, SCORE, running_app, transaction
 from .conftest import make_settings, wait_until
@@ -265,6 +266,30 @@ async def test_unknown_routes_and_methods_get_the_error_shape(
     wrong = await app_client.put("/api/v1/decisions", json={})
     assert wrong.status_code == 405
     assert wrong.json() == {"error": "method_not_allowed", "detail": "Method Not Allowed"}
+
+
+async def test_an_unexpected_error_is_a_logged_500_in_the_error_shape(
+    app_settings: Settings,
+    pool: asyncpg.Pool,
+    redis_client: aioredis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("secret-internal-state 0xdeadbeef")
+
+    async with running_app(app_settings, raise_app_exceptions=False) as client:
+        monkeypatch.setattr(reads, "fetch_stats", broken)
+        response = await client.get("/api/v1/stats")
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert set(body) == {"error", "detail"} and body["error"] == "internal_error"
+    assert "unexpected error" in body["detail"] and "logged" in body["detail"]
+    assert "secret-internal-state" not in response.text and "RuntimeError" not in response.text
+    (record,) = [r for r in caplog.records if r.message.startswith("api.unexpected_error")]
+    assert "path=/api/v1/stats" in record.message
+    assert record.exc_info is not None and "secret-internal-state" in str(record.exc_info[1])
 
 
 async def test_reads_can_require_a_key(

@@ -11,8 +11,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
+import redis.asyncio as aioredis
 import schemathesis
 import uvicorn
 from hypothesis import HealthCheck, settings
@@ -23,9 +25,11 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from fraudapp import store
 from fraudapp.main import create_app
+from fraudapp.settings import Settings
 
-from .api_support import KEYS
+from .api_support import KEYS, running_app
 from .conftest import make_settings
 
 CHECKS = (
@@ -93,3 +97,23 @@ def server_url(
 )
 def test_every_response_matches_the_schema(case: Any, server_url: str) -> None:
     case.call_and_validate(base_url=server_url, headers={"X-API-Key": "admin-key"}, checks=CHECKS)
+
+
+async def test_readyz_answers_503_as_the_schema_says(
+    app_settings: Settings, pool: asyncpg.Pool, redis_client: aioredis.Redis
+) -> None:
+    # The generated requests above only meet a ready app; a 503 needs a database that is away.
+    assert app_settings.database_url is not None
+    closed = await store.create_pool(app_settings.database_url, setting="test", timeout_seconds=5)
+    await closed.close()
+    async with running_app(app_settings) as client:
+        runtime = client.runtime  # type: ignore[attr-defined]
+        healthy, runtime.pool = runtime.pool, closed
+        try:
+            response = await client.get("/readyz")
+        finally:
+            runtime.pool = healthy
+    assert response.status_code == 503
+    assert response.json()["components"]["database"]["ready"] is False
+    conformance = [check for check in CHECKS if check is not schemathesis.checks.not_a_server_error]
+    schema["/readyz"]["GET"].Case().validate_response(response, checks=conformance)

@@ -401,24 +401,91 @@ async def test_a_crashing_task_is_restarted_and_reported(
     make_pipeline: PipelineFactory, redis_client: aioredis.Redis, history: pd.DataFrame
 ) -> None:
     pipeline = make_pipeline(redis_client)
-    original = pipeline._score
+    original = pipeline._next_batch
     crashes = 0
 
-    def flaky(chunks: Any) -> Any:
+    async def flaky() -> Any:  # the worker is already waiting in the original for its first batch
         nonlocal crashes
         if crashes == 0:
             crashes += 1
-            raise RuntimeError("scoring bug")
-        return original(chunks)
+            raise RuntimeError("worker bug")
+        return await original()
 
-    pipeline._score = flaky  # type: ignore[method-assign]
+    pipeline._next_batch = flaky  # type: ignore[method-assign]
     await pipeline.submit(TransactionBatch.from_frame(history.iloc[:10]))
     await wait_until(lambda: pipeline.restarts.get("worker") == 1)
     status = pipeline.status()
     assert status["crashes"] == {"worker": 1}
-    assert "scoring bug" in status["last_errors"]["worker"]
+    assert "worker bug" in status["last_errors"]["worker"]
     await pipeline.submit(TransactionBatch.from_frame(history.iloc[10:20]))
-    await wait_until(lambda: pipeline.metrics.committed_total >= 10)
+    await wait_until(lambda: pipeline.metrics.committed_total == 20)
+
+
+async def test_a_batch_that_fails_to_score_is_kept_as_a_dead_letter_and_the_worker_goes_on(
+    make_pipeline: PipelineFactory,
+    pool: asyncpg.Pool,
+    redis_client: aioredis.Redis,
+    history: pd.DataFrame,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pipeline = make_pipeline(redis_client, batch_max_size=100)  # one chunk, one micro-batch
+    first, bad, third = batches(history.iloc[:300], 100)
+    bad_ids = set(bad.transaction_id)
+    original = pipeline.scorer.score
+
+    def score(batch: TransactionBatch, received_at: np.ndarray) -> ScoredBatch:
+        if bad_ids & set(batch.transaction_id):
+            raise ValueError("feature bug on odd input")
+        return original(batch, received_at)
+
+    pipeline.scorer.score = score  # type: ignore[method-assign]
+    for batch in (first, bad, third):
+        await pipeline.submit(batch)
+    await wait_until(lambda: pipeline.metrics.committed_total == 200)
+
+    (path,) = (pipeline.settings.data_dir / "dead_letter").glob("*.parquet")
+    kept = pd.read_parquet(path)
+    assert sorted(kept["transaction_id"]) == sorted(bad_ids)
+    assert set(kept["error"]) == {"ValueError: feature bug on odd input"}
+    assert "score" not in kept.columns, "it was never scored"
+    dead = pipeline.metrics.registry.get_sample_value("fraudapp_dead_letter_transactions_total")
+    assert dead == 100
+    stored = {r["transaction_id"] for r in await pool.fetch("SELECT transaction_id FROM decision")}
+    assert stored == set(first.transaction_id) | set(third.transaction_id)
+    assert any(r.message.startswith("worker.dead_letter rows=100") for r in caplog.records)
+    status = pipeline.status()
+    assert status["ready"] and status["crashes"] == {}
+    assert str(path) in status["last_errors"]["worker"]
+
+
+async def test_a_database_outage_during_deduplication_is_retried_not_dead_lettered(
+    make_pipeline: PipelineFactory,
+    pool: asyncpg.Pool,
+    redis_client: aioredis.Redis,
+    database_url: str,
+    history: pd.DataFrame,
+) -> None:
+    proxy = TcpProxy(database_url)
+    port = await proxy.start()
+    proxied_pool = await store.create_pool(
+        proxied(database_url, port), setting="test", timeout_seconds=5
+    )
+    pipeline = make_pipeline(redis_client, writer_retry_max_seconds=0.5)
+    pipeline.pool = proxied_pool
+    await proxy.cut()
+    pipeline.offer(TransactionBatch.from_frame(history.iloc[:300]))  # API chunks are de-duplicated
+    await wait_until(lambda: pipeline.database_error is not None)
+    assert pipeline._writes.qsize() == 0 and pipeline.metrics.committed_total == 0
+
+    await proxy.start(port)
+    await wait_until(lambda: pipeline.metrics.committed_total == 300, within=30)
+    assert pipeline.database_error is None
+    assert await count(pool, "decision") == 300
+    assert not (pipeline.settings.data_dir / "dead_letter").exists()
+    assert pipeline.status()["crashes"] == {}
+    await pipeline.stop()
+    await proxied_pool.close()
+    await proxy.cut()
 
 
 async def test_feature_state_rebuilt_from_postgres_matches_the_live_state(

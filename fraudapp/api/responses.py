@@ -2,7 +2,8 @@
 
 The handlers here turn every failure a request can meet — a `FraudAppError` from below, a
 validation error at the edge, an `HTTPException` (auth, 404, 405, 413) — into that shape, with
-`Retry-After` on a 503, and a 422 naming each field and what is wrong with it.
+`Retry-After` on a 503, and a 422 naming each field and what is wrong with it. Anything else is a
+bug: a 500 that logs the traceback and never shows the exception's text.
 """
 
 from __future__ import annotations
@@ -84,6 +85,24 @@ async def validation_error(request: Request, exc: Exception) -> Response:
     return error_response(422, "invalid_input", describe_errors(exc.errors()))
 
 
+_UNEXPECTED = (
+    "An unexpected error happened while handling the request; it is logged on the server."
+    " Retry, and report it if it persists."
+)
+
+
+async def unexpected_error(request: Request, exc: Exception) -> Response:
+    """The last resort (Starlette's `ServerErrorMiddleware` calls it, then re-raises)."""
+    log.error(
+        "api.unexpected_error method=%s path=%s error=%s",
+        request.method,
+        request.url.path,
+        type(exc).__name__,
+        exc_info=exc,
+    )
+    return error_response(500, ERROR_CODES[500], _UNEXPECTED)
+
+
 def describe_errors(errors: Sequence[Any]) -> str:
     """`body.amount: must be greater than 0; query.limit: must be ...` — one clause per error."""
     return "; ".join(_describe(error) for error in errors[:10]) or "the request is not valid"
@@ -115,6 +134,7 @@ def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(FraudAppError, fraudapp_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected_error)
 
 
 class ErrorOut(BaseModel):

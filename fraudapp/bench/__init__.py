@@ -2,7 +2,8 @@
 
 `pipeline` drives the streaming pipeline at an offered rate; `api` loads the synchronous
 decision endpoint from a separate process; `features` times the two feature executors;
-`training` times features + fit on ~1M simulated transactions. They measure; they assert nothing.
+`training` times features + fit on ~1M simulated transactions; `rebuild` times the startup
+rebuild of the feature state from the stored transactions. They measure; they assert nothing.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    from fraudapp.bench import api, features, pipeline, training
+    from fraudapp.bench import api, features, pipeline, rebuild, training
 
     bench = subparsers.add_parser("bench", help="run a benchmark and print its figures")
     kinds = bench.add_subparsers(dest="bench", required=True)
@@ -19,3 +20,4 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     api.add_cli(kinds)
     features.add_cli(kinds)
     training.add_cli(kinds)
+    rebuild.add_cli(kinds)

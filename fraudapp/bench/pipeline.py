@@ -67,7 +67,7 @@ async def run(args: argparse.Namespace) -> int:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fraudapp-bench-")))
         admin_url = settings.database_url or stack.enter_context(embedded_postgres(workdir))
         redis_url = settings.redis_url or stack.enter_context(embedded_redis(workdir))
-        url = await _fresh_database(admin_url)
+        url = await fresh_database(admin_url)
         await asyncio.to_thread(store.migrate, url)
         pool = await store.create_pool(url, setting="bench", timeout_seconds=10, max_size=8)
         stack.push_async_callback(pool.close)
@@ -121,16 +121,17 @@ class _RecordingMetrics(PipelineMetrics):
         self.batches.append((committed_at, np.asarray(latencies_s, dtype=np.float32)))
 
 
-async def _fresh_database(admin_url: str) -> str:
-    conn = await pg_connect(admin_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{BENCH_DATABASE}"')
-    finally:
-        await conn.close()
+async def fresh_database(admin_url: str, name: str = BENCH_DATABASE) -> str:
+    """Drop and create database `name` on the server of `admin_url`; its URL."""
     from urllib.parse import urlsplit, urlunsplit
 
-    return urlunsplit(urlsplit(admin_url)._replace(path=f"/{BENCH_DATABASE}"))
+    conn = await pg_connect(admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
 
 
 def _model(tracking_uri: str | None, workdir: Path) -> ServingModel:

@@ -190,6 +190,7 @@ def simulate(
     customers: int | None = None,
     seed: int | None = None,
     start: datetime | None = None,
+    fraud_rate: float | None = None,
 ) -> LabelledHistory:
     """`days` of simulated history ending at the start of today (UTC) unless `start` is given."""
     from fraudapp import generator
@@ -200,6 +201,8 @@ def simulate(
         changes["n_customers"] = customers
     if seed is not None:
         changes["seed"] = seed
+    if fraud_rate is not None:
+        changes["fraud_rate"] = fraud_rate
     config = dataclasses.replace(config, **changes)
     if start is None:
         today = pd.Timestamp.now(tz="UTC").normalize()

@@ -208,10 +208,13 @@ class TcpProxy:
         self.target = target
         self.server: asyncio.Server | None = None
         self.links: set[asyncio.StreamWriter] = set()
+        self.port = 0
 
     async def start(self, port: int = 0) -> int:
+        """Listen on `port` (0: any free one, then kept in `self.port`)."""
         self.server = await asyncio.start_server(self._link, "127.0.0.1", port)
-        return int(self.server.sockets[0].getsockname()[1])
+        self.port = int(self.server.sockets[0].getsockname()[1])
+        return self.port
 
     async def _open_target(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         parts = urlsplit(self.target)
@@ -251,6 +254,26 @@ def proxied(url: str, port: int) -> str:
     return urlunsplit(("postgresql", f"{user}@127.0.0.1:{port}", database, "", ""))
 
 
+@contextlib.asynccontextmanager
+async def behind_a_proxy(
+    make_pipeline: PipelineFactory, redis: aioredis.Redis, database_url: str
+) -> AsyncIterator[tuple[Pipeline, TcpProxy]]:
+    """A pipeline whose PostgreSQL connections go through a proxy the test can cut."""
+    proxy = TcpProxy(database_url)
+    port = await proxy.start()
+    proxied_pool = await store.create_pool(
+        proxied(database_url, port), setting="test", timeout_seconds=5
+    )
+    pipeline = make_pipeline(redis, writer_retry_max_seconds=0.5)
+    pipeline.pool = proxied_pool
+    try:
+        yield pipeline, proxy
+    finally:
+        await pipeline.stop()
+        await proxied_pool.close()
+        await proxy.cut()
+
+
 async def test_postgres_outage_holds_the_batch_and_loses_nothing(
     make_pipeline: PipelineFactory,
     pool: asyncpg.Pool,
@@ -258,29 +281,20 @@ async def test_postgres_outage_holds_the_batch_and_loses_nothing(
     database_url: str,
     history: pd.DataFrame,
 ) -> None:
-    proxy = TcpProxy(database_url)
-    port = await proxy.start()
-    proxied_pool = await store.create_pool(
-        proxied(database_url, port), setting="test", timeout_seconds=5
-    )
-    pipeline = make_pipeline(redis_client, writer_retry_max_seconds=0.5)
-    pipeline.pool = proxied_pool
-    first, second = batches(history.iloc[:600], 300)
-    await pipeline.submit(first)
-    await wait_until(lambda: pipeline.metrics.committed_total == 300)
+    async with behind_a_proxy(make_pipeline, redis_client, database_url) as (pipeline, proxy):
+        first, second = batches(history.iloc[:600], 300)
+        await pipeline.submit(first)
+        await wait_until(lambda: pipeline.metrics.committed_total == 300)
 
-    await proxy.cut()
-    await pipeline.submit(second)
-    await wait_until(lambda: pipeline.database_error is not None)
-    assert pipeline.metrics.committed_total == 300
+        await proxy.cut()
+        await pipeline.submit(second)
+        await wait_until(lambda: pipeline.database_error is not None)
+        assert pipeline.metrics.committed_total == 300
 
-    await proxy.start(port)  # the server is back on the same address
-    await wait_until(lambda: pipeline.metrics.committed_total == 600, within=30)
-    assert pipeline.database_error is None
-    assert await count(pool, "decision") == 600
-    await pipeline.stop()
-    await proxied_pool.close()
-    await proxy.cut()
+        await proxy.start(proxy.port)  # the server is back on the same address
+        await wait_until(lambda: pipeline.metrics.committed_total == 600, within=30)
+        assert pipeline.database_error is None
+        assert await count(pool, "decision") == 600
 
 
 async def test_redis_outage_fails_open_and_the_cache_catches_up(
@@ -465,27 +479,18 @@ async def test_a_database_outage_during_deduplication_is_retried_not_dead_letter
     database_url: str,
     history: pd.DataFrame,
 ) -> None:
-    proxy = TcpProxy(database_url)
-    port = await proxy.start()
-    proxied_pool = await store.create_pool(
-        proxied(database_url, port), setting="test", timeout_seconds=5
-    )
-    pipeline = make_pipeline(redis_client, writer_retry_max_seconds=0.5)
-    pipeline.pool = proxied_pool
-    await proxy.cut()
-    pipeline.offer(TransactionBatch.from_frame(history.iloc[:300]))  # API chunks are de-duplicated
-    await wait_until(lambda: pipeline.database_error is not None)
-    assert pipeline._writes.qsize() == 0 and pipeline.metrics.committed_total == 0
+    async with behind_a_proxy(make_pipeline, redis_client, database_url) as (pipeline, proxy):
+        await proxy.cut()
+        pipeline.offer(TransactionBatch.from_frame(history.iloc[:300]))  # API chunks are checked
+        await wait_until(lambda: pipeline.database_error is not None)
+        assert pipeline._writes.qsize() == 0 and pipeline.metrics.committed_total == 0
 
-    await proxy.start(port)
-    await wait_until(lambda: pipeline.metrics.committed_total == 300, within=30)
-    assert pipeline.database_error is None
-    assert await count(pool, "decision") == 300
-    assert not (pipeline.settings.data_dir / "dead_letter").exists()
-    assert pipeline.status()["crashes"] == {}
-    await pipeline.stop()
-    await proxied_pool.close()
-    await proxy.cut()
+        await proxy.start(proxy.port)
+        await wait_until(lambda: pipeline.metrics.committed_total == 300, within=30)
+        assert pipeline.database_error is None
+        assert await count(pool, "decision") == 300
+        assert not (pipeline.settings.data_dir / "dead_letter").exists()
+        assert pipeline.status()["crashes"] == {}
 
 
 async def test_feature_state_rebuilt_from_postgres_matches_the_live_state(

@@ -140,6 +140,7 @@ class Pipeline:
         self._cache_counts: dict[str, int] = {}
         self._cache_retry_at = 0.0
         self._cache_backoff = 0.5
+        self._cache_lock = asyncio.Lock()
         # Recent decisions by id, as JSON bytes: 200,000 dicts would be ~600,000 objects for the
         # garbage collector to walk on every full collection (70 ms each, measured); bytes are
         # not tracked at all.
@@ -213,6 +214,8 @@ class Pipeline:
             for _ in writers:
                 await asyncio.wait_for(self._writes.put(_STOP), deadline)
             await asyncio.wait_for(asyncio.gather(*writers), deadline)
+            # What an outage left held, in case Redis is back within the backoff.
+            await asyncio.wait_for(self._flush_cache(now=True), deadline)
         except TimeoutError:
             log.error(
                 "pipeline.drain_timeout queued_chunks=%d pending_writes=%d",
@@ -536,39 +539,57 @@ class Pipeline:
 
     async def _cache(self, scored: ScoredBatch) -> None:
         """Write risky customers and counters; while Redis is away keep them and try later."""
-        for customer, summary in cache.risky_customers(scored).items():
+        values, counts = np.unique(scored.decision, return_counts=True)
+        self._hold_for_cache(
+            cache.risky_customers(scored),
+            {str(v): int(c) for v, c in zip(values, counts, strict=True)},
+        )
+        await self._flush_cache()
+
+    def _hold_for_cache(
+        self, risky: dict[str, cache.RiskyCustomer], counts: dict[str, int]
+    ) -> None:
+        for customer, summary in risky.items():
             held = self._cache_backlog.get(customer)
             if held is None or held.score <= summary.score:
                 self._cache_backlog[customer] = summary
-        values, counts = np.unique(scored.decision, return_counts=True)
-        for value, count in zip(values, counts, strict=True):
-            self._cache_counts[value] = self._cache_counts.get(value, 0) + int(count)
-        if time.monotonic() < self._cache_retry_at:
-            self._trim_backlog()
-            return
-        try:
-            await cache.record_batch(
-                self.redis,
-                prefix=self.settings.cache_key_prefix,
-                ttl_seconds=self.settings.cache_ttl_seconds,
-                risky=self._cache_backlog,
-                decision_counts=self._cache_counts,
-            )
-        except (RedisError, OSError) as exc:
-            self.metrics.cache_errors.inc()
-            if self.cache_error is None:
-                log.warning("cache.unavailable error=%s (scoring goes on)", exc)
-            self.cache_error = f"{type(exc).__name__}: {exc}"
-            self._cache_retry_at = time.monotonic() + self._cache_backoff
-            self._cache_backoff = min(self._cache_backoff * 2, 30.0)
-            self._trim_backlog()
-            return
-        if self.cache_error:
-            log.info("cache.back caught_up_customers=%d", len(self._cache_backlog))
-        self.cache_error = None
-        self._cache_backoff = 0.5
-        self._cache_backlog = {}
-        self._cache_counts = {}
+        for value, count in counts.items():
+            self._cache_counts[value] = self._cache_counts.get(value, 0) + count
+
+    async def _flush_cache(self, *, now: bool = False) -> None:
+        """Write what is held in one round trip, unless an outage's backoff still runs (`now`
+        skips it). One flush at a time: the writers' and the janitor's."""
+        async with self._cache_lock:
+            if not now and time.monotonic() < self._cache_retry_at:
+                self._trim_backlog()
+                return
+            if not self._cache_backlog and not self._cache_counts:
+                return
+            # Taken out for the round trip: what a writer holds meanwhile waits for the next.
+            risky, counts = self._cache_backlog, self._cache_counts
+            self._cache_backlog, self._cache_counts = {}, {}
+            try:
+                await cache.record_batch(
+                    self.redis,
+                    prefix=self.settings.cache_key_prefix,
+                    ttl_seconds=self.settings.cache_ttl_seconds,
+                    risky=risky,
+                    decision_counts=counts,
+                )
+            except (RedisError, OSError) as exc:
+                self._hold_for_cache(risky, counts)
+                self.metrics.cache_errors.inc()
+                if self.cache_error is None:
+                    log.warning("cache.unavailable error=%s (scoring goes on)", exc)
+                self.cache_error = f"{type(exc).__name__}: {exc}"
+                self._cache_retry_at = time.monotonic() + self._cache_backoff
+                self._cache_backoff = min(self._cache_backoff * 2, 30.0)
+                self._trim_backlog()
+                return
+            if self.cache_error:
+                log.info("cache.back caught_up_customers=%d", len(risky))
+            self.cache_error = None
+            self._cache_backoff = 0.5
 
     def _trim_backlog(self, limit: int = 100_000) -> None:
         if len(self._cache_backlog) > limit:
@@ -576,8 +597,17 @@ class Pipeline:
             self._cache_backlog = {s.customer_id: s for s in keep}
 
     async def _expire_cache(self) -> None:
+        """Every 30 s drop customers older than the TTL. Every second, write what an outage
+        left held once its backoff is over: with no batch coming after Redis is back (a
+        paused or finished stream), nothing else would."""
+        next_expiry = time.monotonic() + 30
         while True:
-            await asyncio.sleep(30)
+            await asyncio.sleep(1)
+            if self._cache_backlog or self._cache_counts:
+                await self._flush_cache()
+            if time.monotonic() < next_expiry:
+                continue
+            next_expiry = time.monotonic() + 30
             try:
                 await cache.expire_high_risk(
                     self.redis,

@@ -24,8 +24,11 @@
   // --- live feed ------------------------------------------------------------------------------
   function trimFeed() {
     var feed = document.getElementById("feed");
-    if (!feed) return;
-    while (feed.rows.length > FEED_MAX_ROWS) feed.deleteRow(feed.rows.length - 1);
+    var last = feed && feed.rows[FEED_MAX_ROWS - 1];
+    if (!last) return;
+    // Everything after the last row kept goes, not only rows: each message also brings the
+    // whitespace text between its rows, which would otherwise pile up (~10 nodes a second).
+    while (last.nextSibling) feed.removeChild(last.nextSibling);
   }
 
   // --- toasts ---------------------------------------------------------------------------------
@@ -82,7 +85,9 @@
   });
 
   document.addEventListener("htmx:afterSwap", function (event) {
-    renderFigures(event.detail.target);
+    // htmx fires this on every element a response swapped in (out-of-band ones too), each
+    // with the same detail.target: draw what each one holds, so every figure is drawn once.
+    renderFigures(event.target);
   });
 
   document.addEventListener("htmx:sseMessage", trimFeed);

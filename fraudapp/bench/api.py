@@ -31,7 +31,6 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import numpy as np
 
-BENCH_DATABASE = "fraudapp_bench_api"
 BENCH_KEY = "bench-score-key"
 BENCH_CUSTOMERS = 20_000
 BENCH_TERMINALS = 5_000
@@ -83,39 +82,21 @@ class Phase:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fraudapp.settings import Settings
-
-    settings = Settings()
     clients = [int(c) for c in str(args.clients).split(",") if c.strip()]
     with ExitStack() as stack:
-        data_dir = args.data_dir or Path(
-            stack.enter_context(tempfile.TemporaryDirectory(prefix="fraudapp-bench-api-"))
+        app = serve_app(
+            stack,
+            name="api",
+            data_dir=args.data_dir,
+            simulator_rate=args.simulator_rate,
+            tracking_uri=args.tracking_uri,
+            env={"FRAUDAPP_API_KEYS": json.dumps({BENCH_KEY: ["score"]})},
         )
-        data_dir.mkdir(parents=True, exist_ok=True)
-        database_url, redis_url = _services(stack, settings, data_dir)
-        port = _free_port()
-        env = {
-            **os.environ,
-            "FRAUDAPP_DATA_DIR": str(data_dir),
-            "FRAUDAPP_DATABASE_URL": database_url,
-            "FRAUDAPP_REDIS_URL": redis_url,
-            "FRAUDAPP_CACHE_KEY_PREFIX": "fraudapp:bench-api:",
-            "FRAUDAPP_SIMULATOR_ENABLED": "true",
-            "FRAUDAPP_SIMULATOR_RATE_TPS": str(args.simulator_rate),
-            "FRAUDAPP_API_KEYS": json.dumps({BENCH_KEY: ["score"]}),
-            "FRAUDAPP_LOG_LEVEL": "WARNING",
-        }
-        if args.tracking_uri:
-            env["FRAUDAPP_MLFLOW_TRACKING_URI"] = args.tracking_uri
-        server = _start_server(stack, port, env)
-        print(f"app: uvicorn pid {server.pid} on 127.0.0.1:{port}, data dir {data_dir}")
-        print(f"services: {_redact(database_url)}, {redis_url}")
-        _wait_ready(server, port)
         print(f"ready; simulator at {args.simulator_rate:g} tx/s; loading from a child process")
         phases = []
         for count in clients:
             phase = _load(
-                port,
+                app.port,
                 clients=count,
                 requests=args.requests,
                 seconds=args.seconds,
@@ -123,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
             )
             phases.append(phase)
             print(phase.describe(), flush=True)
-        status = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).json()
+        status = httpx.get(f"{app.url}/readyz", timeout=10).json()
         pipeline = status["components"]["pipeline"]
         print(
             f"server: committed {pipeline.get('committed', 0):,} transactions, "
@@ -133,17 +114,74 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _services(stack: ExitStack, settings: object, data_dir: Path) -> tuple[str, str]:
-    """(database URL, Redis URL): a fresh bench database on the configured server, or the
+@dataclass(frozen=True)
+class ServedApp:
+    """The app under uvicorn in a subprocess, ready (see `serve_app`)."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    data_dir: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def serve_app(
+    stack: ExitStack,
+    *,
+    name: str,
+    data_dir: Path | None,
+    simulator_rate: float,
+    tracking_uri: str | None = None,
+    env: dict[str, str] | None = None,
+) -> ServedApp:
+    """Start the app under uvicorn (one worker, simulator at `simulator_rate`) and wait until
+    it is ready; `stack` stops it. Database `fraudapp_bench_<name>` on the configured server,
+    else embedded servers in the data dir (default: a temporary directory)."""
+    from fraudapp.settings import Settings
+
+    if data_dir is None:
+        temporary = tempfile.TemporaryDirectory(prefix=f"fraudapp-bench-{name}-")
+        data_dir = Path(stack.enter_context(temporary))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    database_url, redis_url = _services(
+        stack, Settings(), data_dir, database=f"fraudapp_bench_{name}"
+    )
+    port = _free_port()
+    app_env = {
+        **os.environ,
+        "FRAUDAPP_DATA_DIR": str(data_dir),
+        "FRAUDAPP_DATABASE_URL": database_url,
+        "FRAUDAPP_REDIS_URL": redis_url,
+        "FRAUDAPP_CACHE_KEY_PREFIX": f"fraudapp:bench-{name}:",
+        "FRAUDAPP_SIMULATOR_ENABLED": "true",
+        "FRAUDAPP_SIMULATOR_RATE_TPS": str(simulator_rate),
+        "FRAUDAPP_LOG_LEVEL": "WARNING",
+        **(env or {}),
+    }
+    if tracking_uri:
+        app_env["FRAUDAPP_MLFLOW_TRACKING_URI"] = tracking_uri
+    server = _start_server(stack, port, app_env)
+    print(f"app: uvicorn pid {server.pid} on 127.0.0.1:{port}, data dir {data_dir}")
+    print(f"services: {_redact(database_url)}, {redis_url}")
+    _wait_ready(server, port)
+    return ServedApp(server, port, data_dir)
+
+
+def _services(
+    stack: ExitStack, settings: object, data_dir: Path, *, database: str
+) -> tuple[str, str]:
+    """(database URL, Redis URL): a fresh database `database` on the configured server, or the
     embedded servers under the data dir."""
     from fraudapp.embedded import embedded_postgres, embedded_redis
 
     configured_db = getattr(settings, "database_url", None)
     configured_redis = getattr(settings, "redis_url", None)
     if configured_db:
-        asyncio.run(_recreate_database(configured_db, BENCH_DATABASE))
-        stack.callback(lambda: asyncio.run(_drop_database(configured_db, BENCH_DATABASE)))
-        database_url = urlunsplit(urlsplit(configured_db)._replace(path=f"/{BENCH_DATABASE}"))
+        asyncio.run(_recreate_database(configured_db, database))
+        stack.callback(lambda: asyncio.run(_drop_database(configured_db, database)))
+        database_url = urlunsplit(urlsplit(configured_db)._replace(path=f"/{database}"))
     else:
         database_url = stack.enter_context(embedded_postgres(data_dir))
     redis_url = configured_redis or stack.enter_context(embedded_redis(data_dir))

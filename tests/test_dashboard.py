@@ -25,22 +25,13 @@ import pytest
 import redis.asyncio as aioredis
 import uvicorn
 
+from fraudapp.bench.dashboard import CHROMIUM_ARGS
 from fraudapp.dashboard.live import pick_feed_rows
 from fraudapp.settings import Settings
 from tests.conftest import TABLES, make_settings, wait_until
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 CHROMIUM = os.environ.get("FRAUDAPP_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 VIEWPORT = {"width": 1280, "height": 800}
 ANALYST_KEY, ADMIN_KEY, SCORE_KEY = "analyst-key", "admin-key", "score-key"
 

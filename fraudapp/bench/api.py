@@ -49,6 +49,12 @@ def add_cli(kinds: argparse._SubParsersAction) -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="longest phase, in seconds")
     parser.add_argument("--warmup-requests", type=int, default=500, help="unmeasured, per phase")
     parser.add_argument("--simulator-rate", type=float, default=500.0, help="live tx/s meanwhile")
+    add_served_app_options(parser)
+    parser.set_defaults(handler=run)
+
+
+def add_served_app_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a benchmark that starts the app with `serve_app`."""
     parser.add_argument(
         "--data-dir",
         type=Path,
@@ -59,7 +65,6 @@ def add_cli(kinds: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--tracking-uri", default=None, help="MLflow store holding a champion (default: data dir)"
     )
-    parser.set_defaults(handler=run)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import httpx
 import numpy as np
 import psutil
 
-from fraudapp.bench.api import ServedApp, serve_app
+from fraudapp.bench.api import ServedApp, add_served_app_options, serve_app
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -187,16 +187,7 @@ def add_cli(kinds: argparse._SubParsersAction) -> None:
         default=os.environ.get("FRAUDAPP_TEST_CHROMIUM", "/usr/bin/chromium"),
         help="Chromium executable (default $FRAUDAPP_TEST_CHROMIUM or /usr/bin/chromium)",
     )
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help="app data dir (MLflow store, embedded servers); reuse one to skip training the "
-        "first model (default: a temporary directory)",
-    )
-    parser.add_argument(
-        "--tracking-uri", default=None, help="MLflow store holding a champion (default: data dir)"
-    )
+    add_served_app_options(parser)
     parser.set_defaults(handler=run)
 
 
